@@ -1,0 +1,1 @@
+"""Department nodes, the civil-affairs client and the ``psi`` command line."""

@@ -1,0 +1,1 @@
+"""The wire contract: .proto files, generated code, version negotiation and size limits."""
