@@ -1,0 +1,1 @@
+"""One module per ``psi`` subcommand, each with ``register(subparsers)``."""
