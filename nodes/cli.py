@@ -11,7 +11,7 @@ import sys
 
 from psi.errors import KinlinkError
 
-COMMANDS = ("synth", "match", "demo")
+COMMANDS = ("synth", "demo")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
