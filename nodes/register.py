@@ -79,10 +79,10 @@ def _parse(
 
 # Which cell a Record validation message is about (psi.labels words its messages this way).
 _RECORD_COLUMNS = (
-    ("status", "status"),
     ("ends before", "end_date"),
     ("grade", "disability_grade"),
     ("kind", "disability_kind"),
+    ("status", "status"),
 )
 
 
