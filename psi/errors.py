@@ -1,5 +1,5 @@
 """Exceptions shared by the core. A user mistake is an ``InputError``: the CLI prints its message
-and exits non-zero, never a traceback. Messages never carry a full identifier (see ``psi.ids.mask``).
+and exits non-zero, never a traceback. Messages never carry a full identifier (``psi.ids.mask``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ class KinlinkError(Exception):
 
 
 class CryptoError(KinlinkError):
-    """A cryptographic input was rejected (bad encoding, identity element, failed authentication)."""
+    """A cryptographic input was rejected (bad encoding, identity element, failed AEAD)."""
 
 
 @dataclass(frozen=True)

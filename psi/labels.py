@@ -1,0 +1,235 @@
+"""The label schema: what a department says about one person in one dataset.
+
+A label is the list of a person's records, encoded compactly and deterministically so that the same
+records always give the same bytes (tables compare plaintexts to keep unchanged entries across
+versions). Fields a client is not granted are removed *before* encryption, so a client can never
+decrypt more than it was granted. Each record carries an opaque handle instead of the department's
+record reference: the client can quote it in a dispute and only the department can resolve it.
+
+Encoding (format 1, little-endian)::
+
+    u8 format | u8 field mask | u16 record count | records
+    record = u8 status | [i32 start] | [i32 end] | [u8 grade] | [u8 kind] | [16-byte handle]
+
+A bracketed part is present only when its field's mask bit is set. Dates are days since
+1970-01-01 with ``-2**31`` for "no date"; grade and kind use 0 for "none". Records are sorted by
+their encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from types import MappingProxyType
+
+from psi.errors import InputError
+
+FORMAT = 1
+
+# Stable 1-byte codes: never renumber or reuse one, encoded labels outlive this code.
+STATUS_CODES: Mapping[str, int] = MappingProxyType(
+    {
+        "deceased": 1,
+        "declared_missing": 2,
+        "severe_disability": 3,
+        "serious_illness": 4,
+        "imprisoned": 5,
+        "compulsory_rehab": 6,
+        "liberty_restricted": 7,
+        "lost_contact": 8,
+        "guardianship_revoked": 9,
+        "deported": 10,
+    }
+)
+DISABILITY_KIND_CODES: Mapping[str, int] = MappingProxyType(
+    {
+        "visual": 1,
+        "hearing": 2,
+        "speech": 3,
+        "physical": 4,
+        "intellectual": 5,
+        "mental": 6,
+        "multiple": 7,
+    }
+)
+DISABILITY_GRADES = range(1, 5)  # China's disability certificate grades, 1 (most severe) to 4
+
+HANDLE_BYTES = 16
+# Optional fields in mask-bit order; "status" is always present.
+OPTIONAL_FIELDS = ("start", "end", "disability_grade", "disability_kind", "handle")
+FIELDS = frozenset(("status", *OPTIONAL_FIELDS))
+
+_EPOCH = date(1970, 1, 1)
+_NO_DATE = -(2**31)
+_PREFIX = struct.Struct("<BBH")
+_FIELD_STRUCTS = {
+    "start": struct.Struct("<i"),
+    "end": struct.Struct("<i"),
+    "disability_grade": struct.Struct("<B"),
+    "disability_kind": struct.Struct("<B"),
+    "handle": struct.Struct(f"<{HANDLE_BYTES}s"),
+}
+_STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
+_KIND_NAMES = {code: name for name, code in DISABILITY_KIND_CODES.items()}
+_WORD = re.compile(r"[a-z_]{1,32}")
+
+
+def _shown(value: object) -> str:
+    """Echo a rejected enum value only when it looks like a word, so a shifted column never puts an
+    identity number into a message."""
+    return repr(value) if isinstance(value, str) and _WORD.fullmatch(value) else "value"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One status record of one person. Fields other than ``status`` are ``None`` when unknown, and
+    in a decoded label also when the client was not granted them (see ``Label.fields``)."""
+
+    status: str
+    start: date | None = None
+    end: date | None = None
+    disability_grade: int | None = None
+    disability_kind: str | None = None
+    handle: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUS_CODES:
+            raise InputError(
+                f"unknown status {_shown(self.status)}; expected one of {', '.join(STATUS_CODES)}"
+            )
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, date) or isinstance(value, datetime)):
+                raise InputError(f"record {name} must be a date")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise InputError(f"record of status {self.status!r} ends before it starts")
+        if self.disability_grade is not None and self.disability_grade not in DISABILITY_GRADES:
+            raise InputError("disability grade must be 1, 2, 3 or 4")
+        if self.disability_kind is not None and self.disability_kind not in DISABILITY_KIND_CODES:
+            raise InputError(
+                f"unknown disability kind {_shown(self.disability_kind)}; "
+                f"expected one of {', '.join(DISABILITY_KIND_CODES)}"
+            )
+        if self.handle is not None and (
+            not isinstance(self.handle, bytes) or len(self.handle) != HANDLE_BYTES
+        ):
+            raise InputError(f"record handle must be {HANDLE_BYTES} bytes")
+
+
+@dataclass(frozen=True)
+class Label:
+    """A decoded label: the granted fields and the person's records in canonical order."""
+
+    fields: frozenset[str]
+    records: tuple[Record, ...]
+
+
+def record_handle(handle_key: bytes, record_ref: str) -> bytes:
+    """The opaque handle of a department record reference. The handle key is per dataset and stable
+    across epochs, so a handle quoted in a dispute still resolves after the OPRF key rotated."""
+    return hmac.new(handle_key, record_ref.encode(), hashlib.sha256).digest()[:HANDLE_BYTES]
+
+
+def resolve_handles(handle_key: bytes, record_refs: Iterable[str]) -> dict[bytes, str]:
+    """Map handles back to record references by recomputing them over the department's register."""
+    return {record_handle(handle_key, ref): ref for ref in record_refs}
+
+
+def _check_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
+    """The granted optional fields, in mask-bit order."""
+    if fields is None:
+        return OPTIONAL_FIELDS
+    unknown = set(fields) - FIELDS
+    if unknown:
+        raise InputError(
+            f"unknown label field(s) {', '.join(sorted(map(_shown, unknown)))}; "
+            f"expected some of {', '.join(sorted(FIELDS))}"
+        )
+    return tuple(name for name in OPTIONAL_FIELDS if name in fields)
+
+
+def _days(value: date | None) -> int:
+    return _NO_DATE if value is None else (value - _EPOCH).days
+
+
+def _date(days: int) -> date | None:
+    if days == _NO_DATE:
+        return None
+    try:
+        return _EPOCH + timedelta(days=days)
+    except OverflowError:
+        raise InputError("malformed label: date out of range") from None
+
+
+def _encode_field(record: Record, name: str) -> bytes:
+    value = getattr(record, name)
+    if name in ("start", "end"):
+        value = _days(value)
+    elif name == "disability_grade":
+        value = value or 0
+    elif name == "disability_kind":
+        value = DISABILITY_KIND_CODES[value] if value else 0
+    elif value is None:  # handle
+        raise InputError("record has no handle but the handle field is granted")
+    return _FIELD_STRUCTS[name].pack(value)
+
+
+def encode_label(records: Sequence[Record], fields: Iterable[str] | None = None) -> bytes:
+    """Encode a person's records, keeping only ``fields`` (all when ``None``; status always)."""
+    if not records:
+        raise InputError("a label needs at least one record")
+    if len(records) > 0xFFFF:
+        raise InputError("a label holds at most 65535 records")
+    granted = _check_fields(fields)
+    mask = sum(1 << OPTIONAL_FIELDS.index(name) for name in granted)
+    encoded = sorted(
+        bytes([STATUS_CODES[r.status]]) + b"".join(_encode_field(r, name) for name in granted)
+        for r in records
+    )
+    return _PREFIX.pack(FORMAT, mask, len(records)) + b"".join(encoded)
+
+
+def _decode_field(name: str, raw: int | bytes) -> object:
+    if name in ("start", "end"):
+        return _date(raw)
+    if name == "disability_grade":
+        if raw and raw not in DISABILITY_GRADES:
+            raise InputError("malformed label: bad disability grade")
+        return raw or None
+    if name == "disability_kind":
+        if raw and raw not in _KIND_NAMES:
+            raise InputError("malformed label: unknown disability kind code")
+        return _KIND_NAMES.get(raw)
+    return raw
+
+
+def decode_label(data: bytes) -> Label:
+    """Decode a label; anything but an exact format-1 encoding is an ``InputError``."""
+    if len(data) < _PREFIX.size:
+        raise InputError("malformed label: too short")
+    version, mask, count = _PREFIX.unpack_from(data)
+    if version != FORMAT:
+        raise InputError(f"unsupported label format {version} (this build reads {FORMAT})")
+    if mask >> len(OPTIONAL_FIELDS):
+        raise InputError("malformed label: unknown field bits")
+    granted = tuple(name for i, name in enumerate(OPTIONAL_FIELDS) if mask >> i & 1)
+    size = 1 + sum(_FIELD_STRUCTS[name].size for name in granted)
+    if count == 0 or len(data) != _PREFIX.size + count * size:
+        raise InputError("malformed label: length does not match its record count")
+    records = []
+    for offset in range(_PREFIX.size, len(data), size):
+        status = _STATUS_NAMES.get(data[offset])
+        if status is None:
+            raise InputError("malformed label: unknown status code")
+        values: dict[str, object] = {}
+        position = offset + 1
+        for name in granted:
+            values[name] = _decode_field(name, _FIELD_STRUCTS[name].unpack_from(data, position)[0])
+            position += _FIELD_STRUCTS[name].size
+        records.append(Record(status, **values))
+    return Label(frozenset(("status", *granted)), tuple(records))
