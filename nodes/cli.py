@@ -11,7 +11,7 @@ import sys
 
 from psi.errors import KinlinkError
 
-COMMANDS = ("synth", "demo")
+COMMANDS = ("synth", "demo", "certs")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,1 @@
+"""kinlink wire contracts, one sub-package per major version."""

@@ -1,0 +1,202 @@
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CatalogueRequest(_message.Message):
+    __slots__ = ("dataset_ids",)
+    DATASET_IDS_FIELD_NUMBER: _ClassVar[int]
+    dataset_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Catalogue(_message.Message):
+    __slots__ = ("node_id", "protocol_versions", "datasets")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    protocol_versions: _containers.RepeatedScalarFieldContainer[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("dataset_id", "title", "status_codes", "label_fields", "legal_basis", "update_frequency", "responsible_unit", "key_epoch", "table_version", "table_size", "allowed_purposes", "suites")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSIBLE_UNIT_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    SUITES_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    title: str
+    status_codes: _containers.RepeatedScalarFieldContainer[str]
+    label_fields: _containers.RepeatedScalarFieldContainer[str]
+    legal_basis: str
+    update_frequency: str
+    responsible_unit: str
+    key_epoch: int
+    table_version: int
+    table_size: int
+    allowed_purposes: _containers.RepeatedScalarFieldContainer[str]
+    suites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset_id: _Optional[str] = ..., title: _Optional[str] = ..., status_codes: _Optional[_Iterable[str]] = ..., label_fields: _Optional[_Iterable[str]] = ..., legal_basis: _Optional[str] = ..., update_frequency: _Optional[str] = ..., responsible_unit: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., table_size: _Optional[int] = ..., allowed_purposes: _Optional[_Iterable[str]] = ..., suites: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    purpose_code: str
+    legal_basis_ref: str
+    element_count: int
+    suite: str
+    key_epoch: int
+    protocol_version: int
+    def __init__(self, dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., element_count: _Optional[int] = ..., suite: _Optional[str] = ..., key_epoch: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "dataset_id", "key_epoch", "suite", "table_version", "max_elements_per_chunk", "max_message_bytes", "expires_at", "protocol_version", "element_count")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_ELEMENTS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    dataset_id: str
+    key_epoch: int
+    suite: str
+    table_version: int
+    max_elements_per_chunk: int
+    max_message_bytes: int
+    expires_at: _timestamp_pb2.Timestamp
+    protocol_version: int
+    element_count: int
+    def __init__(self, session_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., suite: _Optional[str] = ..., table_version: _Optional[int] = ..., max_elements_per_chunk: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., protocol_version: _Optional[int] = ..., element_count: _Optional[int] = ...) -> None: ...
+
+class EvaluateChunk(_message.Message):
+    __slots__ = ("session_id", "sequence", "count", "elements")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sequence: int
+    count: int
+    elements: bytes
+    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., count: _Optional[int] = ..., elements: _Optional[bytes] = ...) -> None: ...
+
+class EvaluatedChunk(_message.Message):
+    __slots__ = ("sequence", "count", "elements")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    count: int
+    elements: bytes
+    def __init__(self, sequence: _Optional[int] = ..., count: _Optional[int] = ..., elements: _Optional[bytes] = ...) -> None: ...
+
+class FetchTableRequest(_message.Message):
+    __slots__ = ("dataset_id", "key_epoch", "since_version", "purpose_code", "legal_basis_ref")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    key_epoch: int
+    since_version: int
+    purpose_code: str
+    legal_basis_ref: str
+    def __init__(self, dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., since_version: _Optional[int] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ...) -> None: ...
+
+class TableChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: TableHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[TableHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TableHeader(_message.Message):
+    __slots__ = ("format_version", "dataset_id", "key_epoch", "version", "base_version", "entry_count", "label_size", "total_bytes", "sha256", "suite")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    dataset_id: str
+    key_epoch: int
+    version: int
+    base_version: int
+    entry_count: int
+    label_size: int
+    total_bytes: int
+    sha256: bytes
+    suite: str
+    def __init__(self, format_version: _Optional[int] = ..., dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., entry_count: _Optional[int] = ..., label_size: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., suite: _Optional[str] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionReceipt(_message.Message):
+    __slots__ = ("session_id", "node_id", "client_id", "dataset_id", "purpose_code", "legal_basis_ref", "key_epoch", "table_version", "elements_declared", "elements_evaluated", "chunks_evaluated", "opened_at", "closed_at", "transcript_hash", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_DECLARED_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    node_id: str
+    client_id: str
+    dataset_id: str
+    purpose_code: str
+    legal_basis_ref: str
+    key_epoch: int
+    table_version: int
+    elements_declared: int
+    elements_evaluated: int
+    chunks_evaluated: int
+    opened_at: _timestamp_pb2.Timestamp
+    closed_at: _timestamp_pb2.Timestamp
+    transcript_hash: bytes
+    signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., client_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., elements_declared: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ..., opened_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., transcript_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
