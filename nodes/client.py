@@ -1,0 +1,349 @@
+"""The civil-affairs client: labelled queries to department nodes over mutual TLS.
+
+    client = Client(load_federation("federation.toml"))
+    result = client.query("prison", "prison", ids, purpose="screening")
+    for person, label in result.matches: ...
+
+Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and the
+finalized OPRF outputs of identifiers it already asked about, so a rerun evaluates only
+identifiers it has not seen in that epoch. Several nodes are queried concurrently. A node that
+fails raises ``NodeError``: a failure never looks like an empty result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from nodes.config import FederationConfig
+from nodes.tls import channel_credentials
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
+from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, chunk_elements, negotiate
+from psi.errors import KinlinkError
+from psi.labels import Label
+from psi.matching import lookup
+from psi.oprf import Oprf
+from psi.table import Delta, Table, apply
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CALL_TIMEOUT = 30.0
+
+Progress = Callable[[int], None]
+
+
+class NodeError(KinlinkError):
+    """A node refused or could not be reached; ``code`` is the gRPC status."""
+
+    def __init__(self, node: str, code: grpc.StatusCode | None, details: str):
+        self.node, self.code = node, code
+        name = code.name if code else "ERROR"
+        super().__init__(f"node {node!r}: {name}: {details}")
+
+
+@dataclass
+class QueryResult:
+    node: str
+    dataset: str
+    epoch: int
+    table_version: int
+    matches: list[tuple[str, Label]]  # (canonical id as queried, its decoded label)
+    queried: int
+    evaluated: int  # sent to the node this time; the rest came from the output cache
+    receipt: psi_pb2.SessionReceipt | None = None
+    bytes_received: int = 0
+    false_hits: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _OutputCache:
+    """Finalized outputs per (node, dataset, epoch), keyed by an HMAC of the identifier under a
+    client-local secret: the cache file alone does not reveal whom civil affairs asked about."""
+
+    def __init__(self, path: Path, secret: bytes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS outputs (id BLOB PRIMARY KEY, output BLOB)")
+        self._secret = secret
+
+    def key(self, identifier: str) -> bytes:
+        return hmac.new(self._secret, identifier.encode(), hashlib.sha256).digest()[:16]
+
+    def get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for lo in range(0, len(keys), 500):
+            part = keys[lo : lo + 500]
+            found.update(
+                self._db.execute(
+                    f"SELECT id, output FROM outputs WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
+        return found
+
+    def put(self, rows: list[tuple[bytes, bytes]]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Client:
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        oprf: Oprf | None = None,
+        retries: int = 4,
+        backoff: float = 0.5,
+    ):
+        self.config = config
+        self.oprf = oprf or Oprf()
+        self.retries, self.backoff = retries, backoff
+        self._credentials = channel_credentials(config.tls)
+        self._channels: dict[str, grpc.Channel] = {}
+        config.cache.mkdir(parents=True, exist_ok=True)
+        secret_file = config.cache / "cache.key"
+        if not secret_file.exists():
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+        self._secret = secret_file.read_bytes()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
+        if node not in self._channels:
+            address = self.config.node(node).address
+            self._channels[node] = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
+        return psi_pb2_grpc.DepartmentNodeStub(self._channels[node])
+
+    def _call(self, node: str, what: Callable[[], object]) -> object:
+        """Run one idempotent call, retrying with exponential backoff while the node is
+        unreachable; any other failure is final."""
+        for attempt in range(self.retries + 1):
+            try:
+                return what()
+            except grpc.RpcError as exc:
+                if exc.code() in RETRYABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise NodeError(node, exc.code(), exc.details() or "") from None
+        raise AssertionError("unreachable")
+
+    # -- the service ----------------------------------------------------------------------------
+    def catalogue(self, node: str) -> psi_pb2.Catalogue:
+        stub = self._stub(node)
+        return self._call(
+            node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=CALL_TIMEOUT)
+        )
+
+    def query(
+        self,
+        node: str,
+        dataset: str,
+        ids: Sequence[str],
+        *,
+        purpose: str,
+        legal_basis_ref: str = "",
+        progress: Progress | None = None,
+    ) -> QueryResult:
+        """Which of ``ids`` (canonical identifiers) the node's dataset holds, with their labels."""
+        started = time.perf_counter()
+        catalogue = self.catalogue(node)
+        version = negotiate([PROTOCOL_VERSION], catalogue.protocol_versions)
+        entry = next((d for d in catalogue.datasets if d.dataset_id == dataset), None)
+        if entry is None:
+            offered = ", ".join(d.dataset_id for d in catalogue.datasets) or "none"
+            raise NodeError(
+                node,
+                grpc.StatusCode.NOT_FOUND,
+                f"no dataset {dataset!r} for this client; offered: {offered}",
+            )
+        epoch = entry.key_epoch
+        folder = self.config.cache / node / dataset / f"e{epoch}"
+        cache = _OutputCache(folder / "outputs.sqlite", self._secret)
+        try:
+            keys = [cache.key(x) for x in ids]
+            known = cache.get(keys)
+            fresh = [i for i, k in enumerate(keys) if k not in known]
+            outputs = np.empty((len(ids), self.oprf.suite.output_size), np.uint8)
+            for i, k in enumerate(keys):
+                if k in known:
+                    outputs[i] = np.frombuffer(known[k], np.uint8)
+            receipt = None
+            timings = {"catalogue": time.perf_counter() - started}
+            if fresh:
+                inputs = [ids[i].encode() for i in fresh]
+                t = time.perf_counter()
+                blinds, blinded = self.oprf.blind_batch(inputs, progress=progress)
+                timings["blind"] = time.perf_counter() - t
+                t = time.perf_counter()
+                evaluated, receipt = self._evaluate(
+                    node, dataset, purpose, legal_basis_ref, epoch, version, blinded
+                )
+                timings["evaluate"] = time.perf_counter() - t
+                t = time.perf_counter()
+                new = self.oprf.finalize_batch(inputs, blinds, evaluated, progress=progress)
+                timings["finalize"] = time.perf_counter() - t
+                outputs[fresh] = new
+                cache.put([(keys[i], row.tobytes()) for i, row in zip(fresh, new, strict=True)])
+        finally:
+            cache.close()
+        t = time.perf_counter()
+        table, received = self._table(node, dataset, epoch, purpose, legal_basis_ref, folder)
+        timings["table"] = time.perf_counter() - t
+        t = time.perf_counter()
+        found, false_hits = lookup(table, outputs)
+        timings["match"] = time.perf_counter() - t
+        return QueryResult(
+            node,
+            dataset,
+            epoch,
+            table.header.version,
+            [(ids[f.index], f.label) for f in found],
+            len(ids),
+            len(fresh),
+            receipt,
+            received + (receipt.elements_evaluated * 64 if receipt else 0),
+            false_hits,
+            timings,
+        )
+
+    def query_many(
+        self,
+        requests: Sequence[tuple[str, str]],
+        ids: Sequence[str],
+        *,
+        purpose: str,
+        legal_basis_ref: str = "",
+    ) -> dict[tuple[str, str], QueryResult | NodeError]:
+        """The same identifiers against several (node, dataset) pairs at once. A failed node's
+        entry is its ``NodeError``, so the others' results are not lost."""
+
+        def one(request: tuple[str, str]) -> QueryResult | NodeError:
+            try:
+                return self.query(*request, ids, purpose=purpose, legal_basis_ref=legal_basis_ref)
+            except NodeError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
+            return dict(zip(requests, pool.map(one, requests), strict=True))
+
+    def _evaluate(
+        self,
+        node: str,
+        dataset: str,
+        purpose: str,
+        legal_basis_ref: str,
+        epoch: int,
+        version: int,
+        blinded: np.ndarray,
+    ) -> tuple[np.ndarray, psi_pb2.SessionReceipt]:
+        stub = self._stub(node)
+        session = self._call(
+            node,
+            lambda: stub.OpenSession(
+                psi_pb2.OpenSessionRequest(
+                    dataset_id=dataset,
+                    purpose_code=purpose,
+                    legal_basis_ref=legal_basis_ref,
+                    element_count=len(blinded),
+                    suite=self.oprf.suite.name,
+                    key_epoch=epoch,
+                    protocol_version=version,
+                ),
+                timeout=CALL_TIMEOUT,
+            ),
+        )
+        per_chunk = session.max_elements_per_chunk
+
+        def chunks() -> Iterator[psi_pb2.EvaluateChunk]:
+            for sequence, block in enumerate(chunk_elements(blinded, per_chunk)):
+                yield psi_pb2.EvaluateChunk(
+                    session_id=session.session_id if sequence == 0 else "",
+                    sequence=sequence,
+                    count=len(block),
+                    elements=block.tobytes(),
+                )
+
+        answers = Reassembler(len(blinded), blinded.shape[1])
+        try:
+            for reply in stub.Evaluate(chunks()):
+                answers.add(reply.elements, reply.count, reply.sequence)
+        except grpc.RpcError as exc:
+            raise NodeError(node, exc.code(), exc.details() or "") from None
+        evaluated = answers.result()
+        receipt = self._call(
+            node,
+            lambda: stub.CloseSession(
+                psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+            ),
+        )
+        return evaluated, receipt
+
+    def _table(
+        self, node: str, dataset: str, epoch: int, purpose: str, legal_basis_ref: str, folder: Path
+    ) -> tuple[Table, int]:
+        """The node's current table, from the local copy plus a delta when there is one."""
+        path = folder / "table.kltb"
+        held = Table.load(path) if path.exists() else None
+        since = held.header.version if held else 0
+        stub = self._stub(node)
+
+        def fetch() -> tuple[psi_pb2.TableHeader, bytes]:
+            stream = stub.FetchTable(
+                psi_pb2.FetchTableRequest(
+                    dataset_id=dataset,
+                    key_epoch=epoch,
+                    since_version=since,
+                    purpose_code=purpose,
+                    legal_basis_ref=legal_basis_ref,
+                )
+            )
+            header, payload = None, bytearray()
+            for chunk in stream:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                    continue
+                if header is None or len(payload) + len(chunk.data) > header.total_bytes:
+                    raise NodeError(node, None, "table stream broke the wire contract")
+                payload += chunk.data
+            if header is None or len(payload) != header.total_bytes:
+                raise NodeError(node, None, "table stream ended early")
+            if hashlib.sha256(payload).digest() != header.sha256:
+                raise NodeError(node, None, "table payload does not match its SHA-256")
+            return header, bytes(payload)
+
+        header, payload = self._call(node, fetch)
+        if header.version == since and held is not None:
+            return held, len(payload)
+        if header.base_version:
+            if held is None or header.base_version != since:
+                raise NodeError(node, None, "node sent a delta from a version this client lacks")
+            table = apply(held, Delta.from_bytes(payload, f"{node}/{dataset} delta"))
+        else:
+            table = Table.from_bytes(payload, f"{node}/{dataset} table")
+        folder.mkdir(parents=True, exist_ok=True)
+        table.save(path)
+        return Table.load(path), len(payload)

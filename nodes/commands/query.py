@@ -1,0 +1,110 @@
+"""``psi query``: civil affairs asks one node's dataset about a file of identifiers."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from nodes.client import Client, NodeError
+from nodes.config import load_federation
+from nodes.progress import progress
+from psi.errors import InputError
+from psi.ids import read_ids, summary, write_rejects
+
+EXIT_NO_MATCHES = 1  # distinct from a failure (2 for a user mistake, 3 for a node failure)
+EXIT_NODE_FAILED = 3
+
+MATCH_COLUMNS = (
+    "id_number",
+    "status",
+    "start_date",
+    "end_date",
+    "disability_grade",
+    "disability_kind",
+    "record_handle",
+    "node",
+    "dataset",
+    "key_epoch",
+    "table_version",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "query",
+        help="query a node's dataset about a file of identity numbers",
+        description="Exit status: 0 matches found, 1 no matches, 2 bad input, 3 node failure.",
+    )
+    parser.add_argument("--federation", type=Path, required=True, help="federation.toml")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--ids", type=Path, required=True, help="CSV file of identity numbers")
+    parser.add_argument("--column", default="id_number", help="column of --ids (default id_number)")
+    parser.add_argument("--purpose", required=True, help="purpose code granted by the node")
+    parser.add_argument("--legal-basis", default="", help="reference recorded with the query")
+    parser.add_argument("--out", type=Path, required=True, help="matches CSV to write")
+    parser.set_defaults(func=run)
+
+
+def write_matches(path: Path, results) -> int:
+    rows = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(MATCH_COLUMNS)
+            for result in results:
+                for identifier, label in result.matches:
+                    for r in label.records:
+                        writer.writerow(
+                            (
+                                identifier,
+                                r.status,
+                                r.start or "",
+                                r.end or "",
+                                r.disability_grade or "",
+                                r.disability_kind or "",
+                                r.handle.hex() if r.handle else "",
+                                result.node,
+                                result.dataset,
+                                result.epoch,
+                                result.table_version,
+                            )
+                        )
+                        rows += 1
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    federation = load_federation(args.federation)
+    column = read_ids(args.ids, args.column)
+    print(summary(column), file=sys.stderr)
+    if column.rejects:
+        rejects = args.out.with_name(args.out.stem + ".rejects.csv")
+        write_rejects(rejects, column.rejects)
+        print(f"{len(column.rejects)} invalid identifiers listed in {rejects}", file=sys.stderr)
+    ids = sorted({x.decode() for x in column.ids[column.valid].tolist()})
+    with Client(federation) as client, progress(2 * len(ids), f"{args.node}/{args.dataset}") as bar:
+        try:
+            result = client.query(
+                args.node,
+                args.dataset,
+                ids,
+                purpose=args.purpose,
+                legal_basis_ref=args.legal_basis,
+                progress=bar,
+            )
+        except NodeError as exc:
+            print(f"psi query: node failed: {exc}", file=sys.stderr)
+            return EXIT_NODE_FAILED
+    rows = write_matches(args.out, [result])
+    print(
+        f"{len(result.matches)} of {len(ids)} identifiers matched ({rows} records) in "
+        f"{args.node}/{args.dataset}, epoch {result.epoch}, table version "
+        f"{result.table_version}; {result.evaluated} evaluated, "
+        f"{len(ids) - result.evaluated} from cache; written to {args.out}"
+    )
+    return 0 if result.matches else EXIT_NO_MATCHES

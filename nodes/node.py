@@ -1,0 +1,457 @@
+"""The department node: a gRPC server answering labelled-PSI queries over mutual TLS.
+
+Every call is tied to the caller's verified certificate name. A session is opened for one dataset,
+purpose and element count; the count is charged against the client's budgets before anything is
+evaluated, and the node then evaluates at most that many elements. The node logs events with
+counts only: it never writes a query element, blinded or not, anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nodes.budgets import BudgetExceeded, Budgets
+from nodes.config import Grant, NodeConfig
+from nodes.department import server_key
+from nodes.state import NodeState
+from nodes.tls import Peer, peer_identity, server_credentials
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
+from protocols.limits import (
+    ELEMENTS_PER_CHUNK,
+    GRPC_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    TABLE_CHUNK_BYTES,
+)
+from psi.errors import CryptoError, InputError
+from psi.keys import KeyRingError
+from psi.oprf import KeyPair
+from psi.suites import SUITES
+from psi.table import FORMAT as TABLE_FORMAT
+from psi.table import Delta, Table
+
+SESSION_SECONDS = 3600
+SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
+
+log = logging.getLogger("kinlink.node")
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+@dataclass
+class _Session:
+    id: str
+    client: Peer
+    dataset: str
+    purpose: str
+    legal_basis_ref: str
+    epoch: int
+    table_version: int
+    key: KeyPair = field(repr=False)
+    declared: int
+    opened: float
+    expires: float
+    evaluated: int = 0
+    chunks: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
+    def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets):
+        self.config, self.state, self.budgets = config, state, budgets
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    # -- checks shared by the calls -------------------------------------------------------------
+    def _peer(self, context: grpc.ServicerContext) -> Peer:
+        peer = peer_identity(context)
+        if peer is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a federation client certificate is required"
+            )
+        return peer
+
+    def _grant(self, context, peer: Peer, dataset: str, purpose: str) -> Grant:
+        if dataset not in self.config.datasets:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"node {self.config.id!r} has no dataset {dataset!r}; "
+                "see GetCatalogue for what it serves",
+            )
+        grant = self.config.grant(peer.common_name, dataset)
+        if grant is None:
+            log.info("refused client=%s dataset=%s reason=no-grant", peer.common_name, dataset)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client {peer.common_name!r} is not granted dataset {dataset!r} on node "
+                f"{self.config.id!r}; ask the node operator for a grant",
+            )
+        if purpose not in grant.purposes:
+            log.info("refused client=%s dataset=%s reason=purpose", peer.common_name, dataset)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"purpose {purpose!r} is not granted to {peer.common_name!r} on dataset "
+                f"{dataset!r}; granted: {', '.join(grant.purposes)}",
+            )
+        return grant
+
+    def _epoch(self, context, dataset: str, asked: int) -> tuple[int, KeyPair]:
+        try:
+            ring = self.state.keyring()
+            epoch = asked or ring.current(dataset)[0]
+            return epoch, server_key(self.state.oprf, ring, dataset, epoch)
+        except KeyRingError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except InputError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"dataset {dataset!r} is not built: {exc}")
+
+    # -- the service ----------------------------------------------------------------------------
+    def GetCatalogue(self, request, context):
+        peer = self._peer(context)
+        datasets = []
+        for dataset in self.config.datasets.values():
+            grant = self.config.grant(peer.common_name, dataset.id)
+            if grant is None or (request.dataset_ids and dataset.id not in request.dataset_ids):
+                continue
+            try:
+                epoch = self.state.keyring().current(dataset.id)[0]
+            except InputError:
+                epoch = 0
+            version = self.state.latest(dataset.id, epoch, grant.fields) if epoch else 0
+            size = 0
+            if version:
+                size = Table.load(
+                    self.state.table_path(dataset.id, epoch, grant.fields, version)
+                ).header.count
+            datasets.append(
+                psi_pb2.Dataset(
+                    dataset_id=dataset.id,
+                    title=dataset.title,
+                    status_codes=dataset.statuses,
+                    label_fields=sorted(grant.fields),
+                    legal_basis=dataset.legal_basis,
+                    update_frequency=dataset.update_frequency,
+                    responsible_unit=dataset.responsible_unit,
+                    key_epoch=epoch,
+                    table_version=version,
+                    table_size=size,
+                    allowed_purposes=grant.purposes,
+                    suites=[self.state.oprf.suite.name],
+                )
+            )
+        return psi_pb2.Catalogue(
+            node_id=self.config.id, protocol_versions=SUPPORTED_PROTOCOL_VERSIONS, datasets=datasets
+        )
+
+    def OpenSession(self, request, context):
+        peer = self._peer(context)
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code)
+        if request.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {request.protocol_version} is not spoken here; node speaks "
+                f"{', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}",
+            )
+        if request.suite != self.state.oprf.suite.name:
+            known = ", ".join(s for s in SUITES if s == self.state.oprf.suite.name)
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ciphersuite {request.suite!r} is not offered; offered: {known}",
+            )
+        if request.element_count < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "element_count must be at least 1")
+        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch)
+        version = self.state.latest(request.dataset_id, epoch, grant.fields)
+        try:
+            self.budgets.charge(
+                peer.common_name, request.dataset_id, epoch, request.element_count, grant.limits
+            )
+        except BudgetExceeded as exc:
+            log.info(
+                "refused client=%s dataset=%s reason=budget elements=%d",
+                peer.common_name,
+                request.dataset_id,
+                request.element_count,
+            )
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        now = time.time()
+        session = _Session(
+            secrets.token_urlsafe(24),
+            peer,
+            request.dataset_id,
+            request.purpose_code,
+            request.legal_basis_ref,
+            epoch,
+            version,
+            key,
+            request.element_count,
+            now,
+            now + SESSION_SECONDS,
+        )
+        with self._lock:
+            self._sessions[session.id] = session
+        log.info(
+            "session-opened client=%s fingerprint=%s dataset=%s purpose=%s epoch=%d declared=%d",
+            peer.common_name,
+            peer.fingerprint[:16],
+            session.dataset,
+            session.purpose,
+            epoch,
+            session.declared,
+        )
+        return psi_pb2.Session(
+            session_id=session.id,
+            dataset_id=session.dataset,
+            key_epoch=epoch,
+            suite=self.state.oprf.suite.name,
+            table_version=version,
+            max_elements_per_chunk=ELEMENTS_PER_CHUNK,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            expires_at=_timestamp(session.expires),
+            protocol_version=request.protocol_version,
+            element_count=session.declared,
+        )
+
+    def _session(self, context, session_id: str, peer: Peer) -> _Session:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.client.fingerprint != peer.fingerprint:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such open session for this client")
+        if time.time() > session.expires:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the session expired; open a new one"
+            )
+        return session
+
+    def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
+        peer = self._peer(context)
+        session: _Session | None = None
+        width = self.state.oprf.suite.element_size
+        for expected, chunk in enumerate(request_iterator):
+            if session is None:
+                session = self._session(context, chunk.session_id, peer)
+            elif chunk.session_id and chunk.session_id != session.id:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session")
+            if chunk.sequence != expected:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"chunk sequence {chunk.sequence} out of order; expected {expected}",
+                )
+            if chunk.count > ELEMENTS_PER_CHUNK:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"chunk of {chunk.count} elements; at most {ELEMENTS_PER_CHUNK}",
+                )
+            if len(chunk.elements) != chunk.count * width:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"chunk {chunk.sequence}: {len(chunk.elements)} bytes for "
+                    f"{chunk.count} elements of {width} bytes",
+                )
+            with session.lock:
+                if session.evaluated + chunk.count > session.declared:
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the session declared {session.declared} elements; "
+                        f"{session.evaluated + chunk.count} sent",
+                    )
+                session.evaluated += chunk.count
+                session.chunks += 1
+            blinded = np.frombuffer(chunk.elements, dtype=np.uint8).reshape(-1, width)
+            try:
+                evaluated = self.state.oprf.blind_evaluate_batch(session.key.sk, blinded)
+            except CryptoError as exc:
+                log.info(
+                    "refused client=%s dataset=%s reason=bad-element",
+                    peer.common_name,
+                    session.dataset,
+                )
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"chunk {chunk.sequence}: {exc}; nothing in it was evaluated",
+                )
+            yield psi_pb2.EvaluatedChunk(
+                sequence=chunk.sequence, count=chunk.count, elements=evaluated.tobytes()
+            )
+        if session is not None:
+            log.info(
+                "evaluated client=%s dataset=%s elements=%d chunks=%d",
+                peer.common_name,
+                session.dataset,
+                session.evaluated,
+                session.chunks,
+            )
+
+    def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
+        peer = self._peer(context)
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code)
+        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch)
+        latest = self.state.latest(request.dataset_id, epoch, grant.fields)
+        if not latest:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataset {request.dataset_id!r} has no table for epoch {epoch} yet",
+            )
+        base = request.since_version
+        if base >= latest or base not in self.state.versions(
+            request.dataset_id, epoch, grant.fields
+        ):
+            base = 0 if base < latest else latest
+        if base == latest:
+            path, payload = None, None
+        elif base:
+            path = self.state.delta_path(request.dataset_id, epoch, grant.fields, base, latest)
+            payload = Delta.load(path)
+        else:
+            path = self.state.table_path(request.dataset_id, epoch, grant.fields, latest)
+            payload = Table.load(path)
+        size = path.stat().st_size if path else 0
+        digest = _sha256(path) if path else hashlib.sha256().digest()
+        header = payload.header if payload is not None else None
+        yield psi_pb2.TableChunk(
+            header=psi_pb2.TableHeader(
+                format_version=TABLE_FORMAT,
+                dataset_id=request.dataset_id,
+                key_epoch=epoch,
+                version=latest,
+                base_version=base,
+                entry_count=(header.added if isinstance(payload, Delta) else header.count)
+                if header
+                else 0,
+                label_size=header.label_size if header else 0,
+                total_bytes=size,
+                sha256=digest,
+                suite=self.state.oprf.suite.name,
+            )
+        )
+        if path:
+            with open(path, "rb") as handle:
+                while data := handle.read(TABLE_CHUNK_BYTES):
+                    yield psi_pb2.TableChunk(data=data)
+        log.info(
+            "table-fetched client=%s dataset=%s epoch=%d version=%d base=%d bytes=%d",
+            peer.common_name,
+            request.dataset_id,
+            epoch,
+            latest,
+            base,
+            size,
+        )
+
+    def CloseSession(self, request, context):
+        peer = self._peer(context)
+        session = self._session(context, request.session_id, peer)
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        now = time.time()
+        log.info(
+            "session-closed client=%s dataset=%s declared=%d evaluated=%d",
+            peer.common_name,
+            session.dataset,
+            session.declared,
+            session.evaluated,
+        )
+        return psi_pb2.SessionReceipt(
+            session_id=session.id,
+            node_id=self.config.id,
+            client_id=peer.common_name,
+            dataset_id=session.dataset,
+            purpose_code=session.purpose,
+            legal_basis_ref=session.legal_basis_ref,
+            key_epoch=session.epoch,
+            table_version=session.table_version,
+            elements_declared=session.declared,
+            elements_evaluated=session.evaluated,
+            chunks_evaluated=session.chunks,
+            opened_at=_timestamp(session.opened),
+            closed_at=_timestamp(now),
+        )
+
+
+def _sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+@dataclass
+class RunningNode:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    state: NodeState
+    budgets: Budgets
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def refresh_health(self) -> None:
+        """SERVING for the node; per dataset, SERVING once its tables are built."""
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for dataset in self.state.config.datasets:
+            built = self.state.is_built(dataset)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if built
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self.health.set(dataset, status)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.stop_event.set()
+        self.server.stop(grace).wait()
+        self.budgets.close()
+
+
+def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
+    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``)."""
+    state = NodeState(config, passphrase)
+    state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
+    config.state.mkdir(parents=True, exist_ok=True)
+    budgets = Budgets(config.state / "budgets.sqlite")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    psi_pb2_grpc.add_DepartmentNodeServicer_to_server(
+        DepartmentNode(config, state, budgets), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_secure_port(config.listen, server_credentials(config.tls))
+    if port == 0:
+        raise InputError(f"cannot listen on {config.listen}")
+    server.start()
+    node = RunningNode(server, port, health_servicer, state, budgets)
+    node.refresh_health()
+
+    def watch() -> None:  # pick up builds and rotations made by other processes
+        while not node.stop_event.wait(2.0):
+            node.refresh_health()
+
+    threading.Thread(target=watch, name="kinlink-health", daemon=True).start()
+    log.info("node %s serving on port %d", config.id, port)
+    return node
