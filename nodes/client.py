@@ -12,6 +12,7 @@ fails raises ``NodeError``: a failure never looks like an empty result.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import os
@@ -29,11 +30,26 @@ from nodes.config import FederationConfig
 from nodes.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, chunk_elements, negotiate
-from psi.errors import KinlinkError
+from psi.errors import InputError, KinlinkError
 from psi.labels import Label
 from psi.matching import lookup
 from psi.oprf import Oprf
 from psi.table import Delta, Table, apply
+
+MATCH_COLUMNS = (
+    "id_number",
+    "status",
+    "start_date",
+    "end_date",
+    "disability_grade",
+    "disability_kind",
+    "record_handle",
+    "node",
+    "dataset",
+    "key_epoch",
+    "table_version",
+)
+
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 CALL_TIMEOUT = 30.0
@@ -347,3 +363,34 @@ class Client:
         folder.mkdir(parents=True, exist_ok=True)
         table.save(path)
         return Table.load(path), len(payload)
+
+
+def write_matches(path: Path, results: Sequence[QueryResult]) -> int:
+    """Matched records as CSV, one row per record; returns the number of rows."""
+    rows = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(MATCH_COLUMNS)
+            for result in results:
+                for identifier, label in result.matches:
+                    for r in label.records:
+                        writer.writerow(
+                            (
+                                identifier,
+                                r.status,
+                                r.start or "",
+                                r.end or "",
+                                r.disability_grade or "",
+                                r.disability_kind or "",
+                                r.handle.hex() if r.handle else "",
+                                result.node,
+                                result.dataset,
+                                result.epoch,
+                                result.table_version,
+                            )
+                        )
+                        rows += 1
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    return rows

@@ -1,130 +1,136 @@
-"""``psi demo``: a synthetic city, one labelled table per department, civil affairs' queries.
+"""``psi demo``: a federation on this machine, end to end.
 
-Each department builds its table from its own register with its own key; civil affairs blinds its
-roster's parent identifiers, each department evaluates the blinded elements, and civil affairs
-finalizes, matches against the department's table and opens only its matched labels. The demo then
-checks the result against the plaintext join it is not supposed to need.
+Generates a synthetic city (or takes ``--data DIR``: ``roster.csv`` and one ``<department>.csv``
+per department in the canonical register columns), issues certificates, starts one node process
+per department on loopback, builds their tables, runs civil affairs' queries for the roster's
+parents against every node at once, prints what civil affairs learned and where the outputs are,
+and stops the nodes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from nodes.department import build_dataset_table, server_key
-from nodes.progress import progress
-from nodes.register import csv_rows, read_rows
+from nodes.client import Client, NodeError, QueryResult, write_matches
+from nodes.config import load_federation
+from nodes.federation import PURPOSES, LocalFederation
 from nodes.roster import read_parents
 from psi.errors import InputError
 from psi.ids import write_rejects
-from psi.keys import KeyRing
-from psi.matching import labelled_query
-from psi.oprf import Oprf
 from psi.synth import expected_matches, generate_city, write_city
 
-MATCH_COLUMNS = (
-    "department",
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
-    "record_handle",
-)
+EXIT_MISMATCH = 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="run a labelled match on a synthetic city")
+    parser = sub.add_parser("demo", help="run a demo federation on synthetic (or your) data")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
-    parser.add_argument("--children", type=int, default=2000, help="children in the city")
+    parser.add_argument(
+        "--data", type=Path, help="folder with roster.csv and <department>.csv registers"
+    )
+    parser.add_argument("--children", type=int, default=2000, help="synthetic city size")
     parser.add_argument("--as-of", default=None, help="reference date (default: today)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic city")
     parser.set_defaults(func=run)
 
 
-def _as_of(text: str | None) -> date:
+def parse_date(text: str | None, option: str = "--as-of") -> date:
     try:
         return date.fromisoformat(text) if text else date.today()
     except ValueError:
-        raise InputError(f"--as-of {text!r} is not a date (YYYY-MM-DD)") from None
+        raise InputError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _user_data(folder: Path) -> tuple[Path, dict[str, Path]]:
+    roster = folder / "roster.csv"
+    if not roster.is_file():
+        raise InputError(
+            f"{folder} has no roster.csv (child_id,child_name,father_id,mother_id,region_code)"
+        )
+    registers = {
+        p.stem: p for p in sorted(folder.glob("*.csv")) if p.stem not in ("roster", "truth")
+    }
+    if not registers:
+        raise InputError(
+            f"{folder} has no register: add <department>.csv files with columns "
+            "id_number,status,start_date,end_date,disability_grade,"
+            "disability_kind,record_ref"
+        )
+    return roster, registers
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    as_of = _as_of(args.as_of)
-    city = generate_city(children=args.children, as_of=as_of, seed=args.seed)
-    paths = write_city(city, args.out / "data")
-    print(f"synthetic city: {len(city.roster)} children, data in {args.out / 'data'}")
+    as_of = parse_date(args.as_of)
+    expected = None
+    if args.data:
+        roster, registers = _user_data(args.data)
+        print(f"your data: {roster} and {len(registers)} registers ({', '.join(registers)})")
+    else:
+        if args.children < 1:
+            raise InputError("--children must be at least 1")
+        city = generate_city(children=args.children, as_of=as_of, seed=args.seed)
+        paths = write_city(city, args.out / "data")
+        roster = paths["roster"]
+        registers = {d: paths[d] for d in city.registers}
+        expected = expected_matches(city)
+        print(
+            f"synthetic city: {len(city.roster)} children as of {as_of}, "
+            f"data in {args.out / 'data'}"
+        )
 
-    oprf = Oprf()
-    parents = read_parents(paths["roster"], today=as_of)
+    parents = read_parents(roster, today=as_of)
     write_rejects(args.out / "rejects.csv", parents.rejects)
     print(
-        f"civil affairs: {len(parents.ids)} distinct valid parent identifiers to query, "
-        f"{len(parents.rejects)} invalid ones reported in {args.out / 'rejects.csv'}"
+        f"civil affairs: {len(parents.ids)} distinct valid parent identifiers; "
+        f"{len(parents.rejects)} invalid ones listed in {args.out / 'rejects.csv'}"
     )
-    inputs = [x.encode() for x in parents.ids]
 
-    matches_path = args.out / "matches.csv"
-    expected = expected_matches(city)
-    all_equal = True
-    with open(matches_path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(MATCH_COLUMNS)
-        print(
-            f"\n{'department':<12} {'register':>9} {'table':>7} {'queried':>8} {'matched':>8}  "
-            "statuses civil affairs learned"
-        )
-        for department in city.registers:
-            # The department's node: its register, its key ring, its table.
-            reg = read_rows(csv_rows(paths[department], {}), str(paths[department]), today=as_of)
-            keyring = KeyRing()
-            keyring.add_dataset(department)
-            with progress(len(reg.people), f"{department}: building table") as advance:
-                table, _ = build_dataset_table(
-                    reg, keyring, department, oprf=oprf, progress=advance
-                )
-            epoch, _ = keyring.current(department)
-            key = server_key(oprf, keyring, department, epoch)
-
-            # Civil affairs: blinded elements out, evaluated elements back, then its own lookup.
-            with progress(2 * len(inputs), f"{department}: querying") as advance:
-                result = labelled_query(
-                    oprf,
-                    inputs,
-                    lambda blinded, sk=key.sk: oprf.blind_evaluate_batch(sk, blinded),
-                    table,
-                    progress=advance,
-                )
-            statuses: dict[str, int] = {}
-            for found in result.found:
-                for record in found.label.records:
-                    statuses[record.status] = statuses.get(record.status, 0) + 1
-                    writer.writerow(
-                        (
-                            department,
-                            parents.ids[found.index],
-                            record.status,
-                            record.start or "",
-                            record.end or "",
-                            record.disability_grade or "",
-                            record.disability_kind or "",
-                            record.handle.hex() if record.handle else "",
-                        )
-                    )
-            matched = {parents.ids[f.index] for f in result.found}
-            all_equal &= matched == expected[department]
-            learned = ", ".join(f"{s} {n}" for s, n in sorted(statuses.items()))
-            print(
-                f"{department:<12} {reg.rows:>9} {len(table):>7} {len(inputs):>8} "
-                f"{len(matched):>8}  {learned}"
+    with LocalFederation(args.out / "federation", registers) as federation:
+        federation.setup()
+        print(f"certificates for {len(registers)} nodes and civil affairs in {federation.certs}")
+        built = federation.build()
+        federation.start()
+        print("nodes: " + ", ".join(f"{d} on 127.0.0.1:{p}" for d, p in federation.ports.items()))
+        with Client(load_federation(federation.federation_file)) as client:
+            results = client.query_many(
+                [(d, d) for d in registers],
+                parents.ids,
+                purpose=PURPOSES[0],
+                legal_basis_ref="demo",
             )
-    verdict = "equal" if all_equal else "NOT EQUAL"
-    print(f"\nmatches {verdict} to the plaintext join of the synthetic data")
-    print(f"what civil affairs learned: {matches_path}")
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0 if all_equal else 1
+    failed = {node: r for (node, _), r in results.items() if isinstance(r, NodeError)}
+    ok: list[QueryResult] = [r for r in results.values() if not isinstance(r, NodeError)]
+    matches_path = args.out / "matches.csv"
+    write_matches(matches_path, ok)
+
+    print(
+        f"\n{'node':<12} {'table':>7} {'queried':>8} {'matched':>8} {'KiB in':>7}  "
+        "statuses civil affairs learned"
+    )
+    for result in ok:
+        statuses = Counter(r.status for _, label in result.matches for r in label.records)
+        entries = sum(b.entries for b in built[result.node])
+        learned = ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())) or "-"
+        print(
+            f"{result.node:<12} {entries:>7} {result.queried:>8} {len(result.matches):>8} "
+            f"{result.bytes_received / 1024:>7.0f}  {learned}"
+        )
+    for node, error in failed.items():
+        print(f"{node:<12} FAILED: {error}")
+    verdict = 0
+    if expected is not None:
+        equal = not failed and all({x for x, _ in r.matches} == expected[r.node] for r in ok)
+        print(
+            f"\nmatches {'equal' if equal else 'DO NOT EQUAL'} the plaintext join of the "
+            "synthetic data (which no party needed)"
+        )
+        verdict = 0 if equal else EXIT_MISMATCH
+    print(f"\nwhat civil affairs learned: {matches_path}")
+    print(f"node state and logs: {args.out / 'federation'}/<node>/state")
+    print(f"done in {time.perf_counter() - started:.1f} s; nodes stopped")
+    return 3 if failed else verdict

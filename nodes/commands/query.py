@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from nodes.client import Client, NodeError
+from nodes.client import Client, NodeError, write_matches
 from nodes.config import load_federation
 from nodes.progress import progress
-from psi.errors import InputError
 from psi.ids import read_ids, summary, write_rejects
 
 EXIT_NO_MATCHES = 1  # distinct from a failure (2 for a user mistake, 3 for a node failure)
 EXIT_NODE_FAILED = 3
-
-MATCH_COLUMNS = (
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
-    "record_handle",
-    "node",
-    "dataset",
-    "key_epoch",
-    "table_version",
-)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,36 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--legal-basis", default="", help="reference recorded with the query")
     parser.add_argument("--out", type=Path, required=True, help="matches CSV to write")
     parser.set_defaults(func=run)
-
-
-def write_matches(path: Path, results) -> int:
-    rows = 0
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(MATCH_COLUMNS)
-            for result in results:
-                for identifier, label in result.matches:
-                    for r in label.records:
-                        writer.writerow(
-                            (
-                                identifier,
-                                r.status,
-                                r.start or "",
-                                r.end or "",
-                                r.disability_grade or "",
-                                r.disability_kind or "",
-                                r.handle.hex() if r.handle else "",
-                                result.node,
-                                result.dataset,
-                                result.epoch,
-                                result.table_version,
-                            )
-                        )
-                        rows += 1
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    return rows
 
 
 def run(args: argparse.Namespace) -> int:
