@@ -81,6 +81,19 @@ class QueryResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Plan:
+    node: str
+    dataset: str
+    epoch: int
+    version: int  # negotiated protocol version
+    folder: Path
+    keys: list[bytes]  # cache keys of the identifiers, in query order
+    outputs: np.ndarray  # (n, Nh): cached rows filled, fresh rows filled by _complete
+    fresh: list[int]  # indices of identifiers to evaluate at the node
+    timings: dict[str, float]
+
+
 class _OutputCache:
     """Finalized outputs per (node, dataset, epoch), keyed by an HMAC of the identifier under a
     client-local secret: the cache file alone does not reveal whom civil affairs asked about."""
@@ -185,6 +198,60 @@ class Client:
         progress: Progress | None = None,
     ) -> QueryResult:
         """Which of ``ids`` (canonical identifiers) the node's dataset holds, with their labels."""
+        result = self.query_many(
+            [(node, dataset)],
+            ids,
+            purpose=purpose,
+            legal_basis_ref=legal_basis_ref,
+            progress=progress,
+        )[(node, dataset)]
+        if isinstance(result, NodeError):
+            raise result
+        return result
+
+    def query_many(
+        self,
+        requests: Sequence[tuple[str, str]],
+        ids: Sequence[str],
+        *,
+        purpose: str,
+        legal_basis_ref: str = "",
+        progress: Progress | None = None,
+    ) -> dict[tuple[str, str], QueryResult | NodeError]:
+        """The same identifiers against several (node, dataset) pairs at once. Identifiers are
+        blinded once and the same blinded elements go to every node that needs them (each node
+        sees uniformly random elements either way; see docs/threat-model.md). A failed node's entry
+        is its ``NodeError``, so the others' results are not lost."""
+        plans: dict[tuple[str, str], _Plan | NodeError] = {}
+        for request in requests:
+            try:
+                plans[request] = self._plan(*request, ids)
+            except NodeError as exc:
+                plans[request] = exc
+        ready = [p for p in plans.values() if isinstance(p, _Plan)]
+        union = sorted(set().union(*(p.fresh for p in ready)))
+        started = time.perf_counter()
+        blinds, blinded = self.oprf.blind_batch([ids[i].encode() for i in union], progress=progress)
+        blinding = time.perf_counter() - started
+        row = {index: position for position, index in enumerate(union)}
+
+        def complete(plan: _Plan) -> QueryResult | NodeError:
+            rows = [row[i] for i in plan.fresh]
+            plan.timings["blind"] = blinding
+            try:
+                return self._complete(
+                    plan, ids, blinds[rows], blinded[rows], purpose, legal_basis_ref, progress
+                )
+            except NodeError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(ready))) as pool:
+            done = iter(list(pool.map(complete, ready)))
+        return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
+
+    def _plan(self, node: str, dataset: str, ids: Sequence[str]) -> _Plan:
+        """What a query needs from the node: its epoch, and which identifiers have no cached
+        output for that epoch yet."""
         started = time.perf_counter()
         catalogue = self.catalogue(node)
         version = negotiate([PROTOCOL_VERSION], catalogue.protocol_versions)
@@ -196,75 +263,80 @@ class Client:
                 grpc.StatusCode.NOT_FOUND,
                 f"no dataset {dataset!r} for this client; offered: {offered}",
             )
-        epoch = entry.key_epoch
-        folder = self.config.cache / node / dataset / f"e{epoch}"
+        folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
         cache = _OutputCache(folder / "outputs.sqlite", self._secret)
         try:
             keys = [cache.key(x) for x in ids]
             known = cache.get(keys)
-            fresh = [i for i, k in enumerate(keys) if k not in known]
-            outputs = np.empty((len(ids), self.oprf.suite.output_size), np.uint8)
-            for i, k in enumerate(keys):
-                if k in known:
-                    outputs[i] = np.frombuffer(known[k], np.uint8)
-            receipt = None
-            timings = {"catalogue": time.perf_counter() - started}
-            if fresh:
-                inputs = [ids[i].encode() for i in fresh]
-                t = time.perf_counter()
-                blinds, blinded = self.oprf.blind_batch(inputs, progress=progress)
-                timings["blind"] = time.perf_counter() - t
-                t = time.perf_counter()
-                evaluated, receipt = self._evaluate(
-                    node, dataset, purpose, legal_basis_ref, epoch, version, blinded
-                )
-                timings["evaluate"] = time.perf_counter() - t
-                t = time.perf_counter()
-                new = self.oprf.finalize_batch(inputs, blinds, evaluated, progress=progress)
-                timings["finalize"] = time.perf_counter() - t
-                outputs[fresh] = new
-                cache.put([(keys[i], row.tobytes()) for i, row in zip(fresh, new, strict=True)])
         finally:
             cache.close()
+        outputs = np.empty((len(ids), self.oprf.suite.output_size), np.uint8)
+        fresh = []
+        for i, k in enumerate(keys):
+            if k in known:
+                outputs[i] = np.frombuffer(known[k], np.uint8)
+            else:
+                fresh.append(i)
+        timings = {"plan": time.perf_counter() - started}
+        return _Plan(node, dataset, entry.key_epoch, version, folder, keys, outputs, fresh, timings)
+
+    def _complete(
+        self,
+        plan: _Plan,
+        ids: Sequence[str],
+        blinds: np.ndarray,
+        blinded: np.ndarray,
+        purpose: str,
+        legal_basis_ref: str,
+        progress: Progress | None,
+    ) -> QueryResult:
+        """Evaluate the plan's fresh identifiers at the node, finalize, cache, fetch, match."""
+        receipt = None
+        if plan.fresh:
+            t = time.perf_counter()
+            evaluated, receipt = self._evaluate(
+                plan.node,
+                plan.dataset,
+                purpose,
+                legal_basis_ref,
+                plan.epoch,
+                plan.version,
+                blinded,
+            )
+            plan.timings["evaluate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            inputs = [ids[i].encode() for i in plan.fresh]
+            new = self.oprf.finalize_batch(inputs, blinds, evaluated, progress=progress)
+            plan.timings["finalize"] = time.perf_counter() - t
+            plan.outputs[plan.fresh] = new
+            cache = _OutputCache(plan.folder / "outputs.sqlite", self._secret)
+            try:
+                cache.put(
+                    [(plan.keys[i], r.tobytes()) for i, r in zip(plan.fresh, new, strict=True)]
+                )
+            finally:
+                cache.close()
         t = time.perf_counter()
-        table, received = self._table(node, dataset, epoch, purpose, legal_basis_ref, folder)
-        timings["table"] = time.perf_counter() - t
+        table, received = self._table(
+            plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.folder
+        )
+        plan.timings["table"] = time.perf_counter() - t
         t = time.perf_counter()
-        found, false_hits = lookup(table, outputs)
-        timings["match"] = time.perf_counter() - t
+        found, false_hits = lookup(table, plan.outputs)
+        plan.timings["match"] = time.perf_counter() - t
         return QueryResult(
-            node,
-            dataset,
-            epoch,
+            plan.node,
+            plan.dataset,
+            plan.epoch,
             table.header.version,
             [(ids[f.index], f.label) for f in found],
             len(ids),
-            len(fresh),
+            len(plan.fresh),
             receipt,
             received + (receipt.elements_evaluated * 64 if receipt else 0),
             false_hits,
-            timings,
+            plan.timings,
         )
-
-    def query_many(
-        self,
-        requests: Sequence[tuple[str, str]],
-        ids: Sequence[str],
-        *,
-        purpose: str,
-        legal_basis_ref: str = "",
-    ) -> dict[tuple[str, str], QueryResult | NodeError]:
-        """The same identifiers against several (node, dataset) pairs at once. A failed node's
-        entry is its ``NodeError``, so the others' results are not lost."""
-
-        def one(request: tuple[str, str]) -> QueryResult | NodeError:
-            try:
-                return self.query(*request, ids, purpose=purpose, legal_basis_ref=legal_basis_ref)
-            except NodeError as exc:
-                return exc
-
-        with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
-            return dict(zip(requests, pool.map(one, requests), strict=True))
 
     def _evaluate(
         self,
