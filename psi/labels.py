@@ -44,6 +44,10 @@ STATUS_CODES: Mapping[str, int] = MappingProxyType(
         "lost_contact": 8,
         "guardianship_revoked": 9,
         "deported": 10,
+        # Civil affairs' own roll of beneficiaries, served back to education and medical
+        # insurance (POLICY.md, "both ways").
+        "orphan": 11,
+        "de_facto_unattended": 12,
     }
 )
 DISABILITY_KIND_CODES: Mapping[str, int] = MappingProxyType(

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import calendar
 import csv
+import gc
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -48,8 +50,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from psi.dates import add_months
 from psi.errors import InputError
-from psi.ids import _check_bytes
+from psi.ids import check_characters
 from psi.labels import DISABILITY_KIND_CODES
 
 SIX_MONTHS = """A span from ``start`` lasts six months or more when its end is on or after
@@ -152,15 +155,9 @@ class City:
         return self.messy_ids.get(written, written) if written else None
 
 
-def _add_months(day: date, months: int) -> date:
-    """``day`` moved by whole calendar months, clamped to the last day of the target month."""
-    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
-    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
-
-
 def six_months_after(start: date) -> date:
     """The first date on which a span from ``start`` has lasted six months (see ``SIX_MONTHS``)."""
-    return _add_months(start, 6)
+    return add_months(start, 6)
 
 
 # ---- parent situations -------------------------------------------------------------------------
@@ -177,7 +174,7 @@ class _Plan(NamedTuple):
     kind: str | None = None
 
 
-Builder = Callable[[random.Random, date], tuple[_Plan, ...]]
+_MakeRecords = Callable[[random.Random, date], tuple[_Plan, ...]]
 
 
 class Case(NamedTuple):
@@ -188,21 +185,21 @@ class Case(NamedTuple):
     name: str
     effect: str
     status: str
-    build: Builder
+    build: _MakeRecords
 
 
 def _shift(r: random.Random, as_of: date, lo: int, hi: int) -> date:
     return as_of + timedelta(days=r.randint(lo, hi))
 
 
-def _dated(department: str, status: str, lo: int, hi: int) -> Builder:
+def _dated(department: str, status: str, lo: int, hi: int) -> _MakeRecords:
     """One record starting ``lo``..``hi`` days from as_of, without an end."""
     return lambda r, a: (_Plan(department, status, _shift(r, a, lo, hi)),)
 
 
 def _disability(
     grades: tuple[int, ...], kinds: tuple[str, ...], lo: int = -3650, hi: int = 0
-) -> Builder:
+) -> _MakeRecords:
     """One disability certificate issued ``lo``..``hi`` days from as_of."""
     return lambda r, a: (
         _Plan("disability", "severe_disability", _shift(r, a, lo, hi), None, r.choice(grades),
@@ -210,7 +207,7 @@ def _disability(
     )  # fmt: skip
 
 
-def _recent_term(department: str, status: str, extra_days: int) -> Builder:
+def _recent_term(department: str, status: str, extra_days: int) -> _MakeRecords:
     """A term started in the last 150 days lasting six months plus ``extra_days`` (-1, 0 or 1): it
     still runs on as_of (a six-month span is at least 181 days), so only its length decides."""
 
@@ -221,7 +218,7 @@ def _recent_term(department: str, status: str, extra_days: int) -> Builder:
     return build
 
 
-def _long_term(department: str, status: str) -> Builder:
+def _long_term(department: str, status: str) -> _MakeRecords:
     """A term started up to five years ago that runs past as_of and lasts six months or more."""
 
     def build(r: random.Random, a: date) -> tuple[_Plan, ...]:
@@ -232,34 +229,34 @@ def _long_term(department: str, status: str) -> Builder:
     return build
 
 
-def _released(lo: int, hi: int) -> Builder:
+def _released(lo: int, hi: int) -> _MakeRecords:
     """A prison term of seven months or more that ended ``-hi``..``-lo`` days before as_of."""
 
     def build(r: random.Random, a: date) -> tuple[_Plan, ...]:
         end = _shift(r, a, lo, hi)
-        return (_Plan("prison", "imprisoned", _add_months(end, -r.randint(7, 60)), end),)
+        return (_Plan("prison", "imprisoned", add_months(end, -r.randint(7, 60)), end),)
 
     return build
 
 
 def _ends_on_as_of(r: random.Random, a: date) -> tuple[_Plan, ...]:
-    return (_Plan("prison", "imprisoned", _add_months(a, -r.randint(7, 36)), a),)
+    return (_Plan("prison", "imprisoned", add_months(a, -r.randint(7, 36)), a),)
 
 
 def _starts_on_as_of(r: random.Random, a: date) -> tuple[_Plan, ...]:
-    return (_Plan("prison", "imprisoned", a, _add_months(a, r.randint(6, 60))),)
+    return (_Plan("prison", "imprisoned", a, add_months(a, r.randint(6, 60))),)
 
 
 def _starts_after_as_of(r: random.Random, a: date) -> tuple[_Plan, ...]:
     start = _shift(r, a, 1, 90)
-    return (_Plan("prison", "imprisoned", start, _add_months(start, r.randint(12, 60))),)
+    return (_Plan("prison", "imprisoned", start, add_months(start, r.randint(12, 60))),)
 
 
 def _imprisoned_again(r: random.Random, a: date) -> tuple[_Plan, ...]:
     """Two prison records: an earlier term served, and a current one."""
     released = _released(-1500, -400)(r, a)
     start = _shift(r, a, -300, 0)
-    return (*released, _Plan("prison", "imprisoned", start, _add_months(start, r.randint(12, 60))))
+    return (*released, _Plan("prison", "imprisoned", start, add_months(start, r.randint(12, 60))))
 
 
 def _deceased_twice(r: random.Random, a: date) -> tuple[_Plan, ...]:
@@ -276,16 +273,16 @@ def _missing_after_lost_contact(r: random.Random, a: date) -> tuple[_Plan, ...]:
     return (_Plan("police", "lost_contact", reported), _Plan("court", "declared_missing", declared))
 
 
-def _lost_contact(months_lo: int, months_hi: int) -> Builder:
+def _lost_contact(months_lo: int, months_hi: int) -> _MakeRecords:
     """A report ``months_lo``..``months_hi`` calendar months before as_of."""
     return lambda r, a: (
-        _Plan("police", "lost_contact", _add_months(a, -r.randint(months_lo, months_hi))),
+        _Plan("police", "lost_contact", add_months(a, -r.randint(months_lo, months_hi))),
     )
 
 
 def _lost_contact_just_short(r: random.Random, a: date) -> tuple[_Plan, ...]:
     """The earliest report date whose six months are not yet complete on as_of."""
-    start = _add_months(a, -6)
+    start = add_months(a, -6)
     while six_months_after(start) <= a:
         start += timedelta(1)
     return (_Plan("police", "lost_contact", start),)
@@ -435,11 +432,11 @@ def _mint(
 
 
 def _identifiers(bodies: np.ndarray) -> list[str]:
-    """Canonical identifiers for 17-digit bodies. This is ``psi.ids.check_character`` over a whole
-    array at once (its per-call cost, about 12 us, would dominate a million-child city)."""
-    digits = bodies.astype("S17").view(np.uint8).reshape(-1, 17)
-    full = np.concatenate([digits, _check_bytes(digits)[:, None]], axis=1)
-    return np.ascontiguousarray(full).view("S18").ravel().astype(str).tolist()
+    """Canonical identifiers for 17-digit bodies, check characters computed for the whole array
+    at once (``check_character``'s per-call cost, about 12 us, would dominate a million-child
+    city)."""
+    bodies = bodies.astype("S17").ravel()
+    return np.char.add(bodies, check_characters(bodies)).astype(str).tolist()
 
 
 def _spaced(i: str, r: random.Random) -> str:
@@ -477,6 +474,14 @@ _SITUATIONS = (CLEAR, *CASES)  # a family's draw indexes this; 0 is CLEAR
 _PARTNER_INDEX = np.array([_SITUATIONS.index(case) for case in _PARTNERS])
 
 
+class _IsoDates(dict[date | None, str]):
+    """Date -> ISO text ("" for None), each text made once: a city uses a few thousand dates."""
+
+    def __missing__(self, day: date | None) -> str:
+        text = self[day] = day.isoformat() if day else ""
+        return text
+
+
 class _Builder:
     """Mutable state while a city is written: the random sources, registers, serial numbers. Bulk
     draws come from numpy; the per-record details of planted cases from ``random.Random``."""
@@ -488,7 +493,7 @@ class _Builder:
         self.registers: dict[str, list[RegisterRow]] = {d: [] for d in DEPARTMENTS}
         self.serial = dict.fromkeys(DEPARTMENTS, 0)
         self.messy_ids: dict[str, str | None] = {}
-        self.iso: dict[date, str] = {}
+        self.iso = _IsoDates()
 
     def spell(self, canonical: str, *, may_break: bool = False) -> str:
         """The identifier as a file would carry it: canonical, or at rate ``messy`` respelled (and,
@@ -512,24 +517,15 @@ class _Builder:
         self.messy_ids[written] = None
         return written
 
-    def date_text(self, day: date | None) -> str:
-        """ISO text of a date, shared between rows (a city uses a few thousand distinct dates)."""
-        if day is None:
-            return ""
-        text = self.iso.get(day)
-        if text is None:
-            text = self.iso[day] = day.isoformat()
-        return text
-
     def record(self, plan: _Plan, canonical: str, *, background: bool = False) -> None:
-        department = plan.department
+        department, iso = plan.department, self.iso
         self.serial[department] += 1
         self.registers[department].append(
             RegisterRow(
                 self.spell(canonical, may_break=background),
                 plan.status,
-                self.date_text(plan.start),
-                self.date_text(plan.end),
+                iso[plan.start],
+                iso[plan.end],
                 str(plan.grade) if plan.grade else "",
                 plan.kind or "",
                 f"{_REF_PREFIX[department]}-{plan.start.year}-{self.serial[department]:06d}",
@@ -577,7 +573,7 @@ class _Builder:
         """Birth dates (days since 1970) and ages on as_of, 0 to 19, with the planted 18th-birthday
         edges; never 29 February (moved a day, staying within the same age)."""
         rng, a = self.rng, self.as_of
-        anniversaries = np.array([_days(_add_months(a, -12 * age)) for age in range(21)])
+        anniversaries = np.array([_days(add_months(a, -12 * age)) for age in range(21)])
         ages = rng.integers(0, 20, n)
         births = anniversaries[ages] - rng.integers(0, 364, n)  # within (age+1 ago, age ago]
         u = rng.random(n)
@@ -690,7 +686,7 @@ class _Builder:
             )
             for s, offset, term, grade, kind in draws:
                 status, start = statuses[s], a + timedelta(offset)
-                end = _add_months(start, term) if term and status in _TERMS else None
+                end = add_months(start, term) if term and status in _TERMS else None
                 if status == "severe_disability":
                     plan = _Plan(department, status, start, end, grade, _KINDS[kind])
                 else:
@@ -713,6 +709,19 @@ def _check_arguments(children: int, as_of: date, seed: int, messy: float, backgr
         raise InputError(f"background must be a ratio, 0 or more, not {background!r}")
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Building a city makes millions of tuples and no reference cycles; the cyclic collector would
+    rescan them all again and again (a third of the time for a million children)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def generate_city(
     *,
     children: int = 2000,
@@ -728,8 +737,9 @@ def generate_city(
     """
     _check_arguments(children, as_of, seed, messy, background)
     builder = _Builder(as_of, seed, messy)
-    roster, truth, bodies = builder.families(children)
-    builder.background(background, bodies)
+    with _collector_paused():
+        roster, truth, bodies = builder.families(children)
+        builder.background(background, bodies)
     for rows in builder.registers.values():
         builder.r.shuffle(rows)
     return City(as_of, seed, roster, builder.registers, truth, builder.messy_ids)
@@ -738,30 +748,33 @@ def generate_city(
 def expected_matches(city: City) -> dict[str, set[str]]:
     """The plaintext join: per department, the canonical identifiers of roster parents (those with
     a valid roster identifier) that appear with a valid identifier in its register."""
-    parents = {
-        canonical
-        for row in city.roster
-        for canonical in (city.canonical(row.father_id), city.canonical(row.mother_id))
-        if canonical
-    }
+
+    def valid(written: Iterable[str]) -> set[str]:
+        canonical = (city.messy_ids.get(value, value) for value in written if value)
+        return {c for c in canonical if c}
+
+    parents = valid(x for row in city.roster for x in (row.father_id, row.mother_id))
     return {
-        department: {c for row in rows if (c := city.canonical(row.id_number)) in parents}
+        department: valid(row.id_number for row in rows) & parents
         for department, rows in city.registers.items()
     }
 
 
-_README = """Synthetic data, generated by kinlink (psi.synth). Nobody here is a real person.
+_README = """Synthetic data written by kinlink (psi.synth): every person here is fictitious.
 
-as_of {as_of}, seed {seed}, {children} children.
+As of {as_of}, seed {seed}, {children} children.
 
-roster.csv      civil affairs: {roster}
-<department>.csv  one register per department ({departments}): {register}
-truth.csv       the expected classification of each child as of {as_of}: {truth}
-                classification is one of {classes}; a parent status is the status that counts
-                on as_of, "none", or "unknown" (blank or invalid identifier in the roster).
+roster.csv        the civil-affairs roster: {roster}
+<department>.csv  one register per department ({departments}):
+                  {register}
+truth.csv         each child's expected classification as of {as_of}: {truth}
+                  classification: one of {classes}
+                  father_status, mother_status: the status that counts on {as_of}, "none",
+                  or "unknown" (the roster's identifier is blank or invalid)
 
-Identifiers are spelled messily on purpose (lower-case x, full-width digits, spaces, hyphens,
-legacy 15-digit numbers, a few wrong check characters). See psi/synth.py for the rules.
+Identifiers are spelled messily on purpose: lower-case x, full-width digits, spaces and hyphens,
+legacy 15-digit numbers and a few wrong check characters. The rules behind truth.csv are in the
+docstring of psi/synth.py.
 """
 
 
