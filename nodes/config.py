@@ -115,7 +115,7 @@ class FederationConfig:
         return self.nodes[name]
 
 
-class _Reader:
+class TomlReader:
     """Typed access to a parsed TOML table with errors that name the file and the key."""
 
     def __init__(self, path: Path, data: dict[str, Any], where: str = ""):
@@ -144,15 +144,15 @@ class _Reader:
             raise self.fail(key, "must be a list of strings")
         return tuple(values)
 
-    def table(self, key: str, default: Any = ...) -> _Reader:
+    def table(self, key: str, default: Any = ...) -> TomlReader:
         sub = f"{self.where}.{key}" if self.where else key
-        return _Reader(self.path, self.get(key, dict, default), sub)
+        return TomlReader(self.path, self.get(key, dict, default), sub)
 
     def file(self, key: str) -> Path:
         return (self.path.parent / self.get(key, str)).resolve()
 
 
-def _load(path: str | os.PathLike[str]) -> _Reader:
+def load_toml(path: str | os.PathLike[str]) -> TomlReader:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -162,15 +162,15 @@ def _load(path: str | os.PathLike[str]) -> _Reader:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"not valid TOML: {exc}", Source(str(path))) from None
-    return _Reader(path, data)
+    return TomlReader(path, data)
 
 
-def _tls(section: _Reader) -> TlsFiles:
+def _tls(section: TomlReader) -> TlsFiles:
     tls = section.table("tls")
     return TlsFiles(tls.file("ca"), tls.file("cert"), tls.file("key"))
 
 
-def _dataset(reader: _Reader, dataset_id: str) -> DatasetConfig:
+def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
     statuses = reader.strings("statuses")
     unknown = [s for s in statuses if s not in STATUS_CODES]
     if unknown:
@@ -197,7 +197,7 @@ def _dataset(reader: _Reader, dataset_id: str) -> DatasetConfig:
     )
 
 
-def _grant(reader: _Reader, datasets: dict[str, DatasetConfig]) -> Grant:
+def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
     named = reader.strings("datasets")
     for name in named:
         if name not in datasets:
@@ -213,7 +213,7 @@ def _grant(reader: _Reader, datasets: dict[str, DatasetConfig]) -> Grant:
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
-    root = _load(path)
+    root = load_toml(path)
     node = root.table("node")
     datasets_table = root.table("datasets")
     datasets = {name: _dataset(datasets_table.table(name), name) for name in datasets_table.data}
@@ -221,7 +221,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         raise root.fail("datasets", "the node serves no dataset")
     grants_list = root.get("grants", list, [])
     grants = tuple(
-        _grant(_Reader(root.path, g, f"grants[{i}]"), datasets)
+        _grant(TomlReader(root.path, g, f"grants[{i}]"), datasets)
         if isinstance(g, dict)
         else _fail_grant(root, i)
         for i, g in enumerate(grants_list)
@@ -237,12 +237,12 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     )
 
 
-def _fail_grant(root: _Reader, index: int) -> Grant:
+def _fail_grant(root: TomlReader, index: int) -> Grant:
     raise root.fail(f"grants[{index}]", "must be a table ([[grants]])")
 
 
 def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
-    root = _load(path)
+    root = load_toml(path)
     client = root.table("client")
     nodes = root.table("nodes")
     return FederationConfig(

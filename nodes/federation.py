@@ -24,6 +24,8 @@ from psi.oprf import Oprf
 from psi.synth import DEPARTMENTS
 
 CLIENT = "civil-affairs"
+ROLL = "civil-affairs-roll"  # civil affairs' own node: its roll, queried by education and others
+ROLL_STATUSES = ("orphan", "de_facto_unattended")
 PURPOSES = ("screening", "verification")
 DEMO_PASSPHRASE = "kinlink demo passphrase, not for production"
 START_TIMEOUT = 60.0
@@ -41,7 +43,7 @@ def node_toml(
     fields=FIELDS,
     clients: tuple[str, ...] = (CLIENT,),
 ) -> str:
-    statuses = DEPARTMENTS.get(department, tuple(STATUS_CODES))
+    statuses = {**DEPARTMENTS, ROLL: ROLL_STATUSES}.get(department, tuple(STATUS_CODES))
     budget = "".join(
         f"{name} = {value}\n" for name, value in vars(limits).items() if value is not None
     )
@@ -72,6 +74,7 @@ class LocalFederation:
     registers: Mapping[str, Path]
     limits: Limits = field(default_factory=lambda: Limits(10_000_000, 50_000_000, 200_000_000))
     passphrase: str = DEMO_PASSPHRASE
+    clients: tuple[str, ...] = (CLIENT,)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -87,11 +90,12 @@ class LocalFederation:
         return self.root / department / "node.toml"
 
     def setup(self) -> None:
-        init_federation(self.certs, list(self.registers), [CLIENT], force=True)
+        init_federation(self.certs, list(self.registers), list(self.clients), force=True)
         for department, register in self.registers.items():
             self.config_file(department).parent.mkdir(parents=True, exist_ok=True)
             self.config_file(department).write_text(
-                node_toml(department, register, limits=self.limits), encoding="utf-8"
+                node_toml(department, register, limits=self.limits, clients=self.clients),
+                encoding="utf-8",
             )
 
     def build(self, oprf: Oprf | None = None) -> dict[str, list[BuildReport]]:
@@ -138,16 +142,24 @@ class LocalFederation:
                     raise KinlinkError(f"node {department} did not start in {START_TIMEOUT} s")
                 time.sleep(0.05)
             self.ports[department] = int(port_file.read_text())
-        self.federation_file.write_text(self.federation_toml(), encoding="utf-8")
+        for client in self.clients:
+            self.federation_file_of(client).write_text(
+                self.federation_toml(client), encoding="utf-8"
+            )
 
-    def federation_toml(self) -> str:
+    def federation_file_of(self, client: str) -> Path:
+        """The federation file of one client (civil affairs' is ``federation_file``)."""
+        return self.federation_file if client == CLIENT else self.root / f"federation-{client}.toml"
+
+    def federation_toml(self, client: str = CLIENT) -> str:
         nodes = "".join(
             f'\n[nodes.{d}]\naddress = "127.0.0.1:{p}"\n' for d, p in self.ports.items()
         )
+        cache = "client-cache" if client == CLIENT else f"client-cache-{client}"
         return (
-            f'[client]\nid = "{CLIENT}"\ncache = "client-cache"\n'
-            f'tls = {{ ca = "certs/ca.pem", cert = "certs/{CLIENT}.pem", '
-            f'key = "certs/{CLIENT}-key.pem" }}\n{nodes}'
+            f'[client]\nid = "{client}"\ncache = "{cache}"\n'
+            f'tls = {{ ca = "certs/ca.pem", cert = "certs/{client}.pem", '
+            f'key = "certs/{client}-key.pem" }}\n{nodes}'
         )
 
     def stop(self) -> None:

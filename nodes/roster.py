@@ -1,31 +1,109 @@
-"""Civil affairs' roster: the unique, valid parent identifiers to query, and the rows rejected."""
+"""Civil affairs' roster (from the household-registration base): children, their parents'
+identifiers, and every bad cell, masked. Columns: ``child_id,child_name,father_id,mother_id,
+region_code``; the child's name is never read.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
-from psi.ids import Reject, read_ids, summary
+from psi.errors import InputError, Source
+from psi.ids import Reject, mask, read_ids
 
+CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
+REGION_COLUMN = "region_code"
 
 
 @dataclass(frozen=True)
-class Parents:
-    ids: list[str]  # canonical, unique, sorted: what is queried
-    rejects: list[Reject]  # invalid parent identifiers, with file, line and masked value
-    summaries: list[str]
+class Unknown:
+    """A parent whose roster identifier is blank or invalid, so nobody could be asked."""
+
+    why: str  # "blank", or why the identifier is invalid (psi.ids.Reason message)
 
 
-def read_parents(path: str | os.PathLike[str], today: date | None = None) -> Parents:
-    unique: set[str] = set()
-    rejects: list[Reject] = []
-    summaries = []
-    for column in PARENT_COLUMNS:
-        read = read_ids(path, column, today=today)
-        unique.update(x.decode("ascii") for x in read.ids[read.valid].tolist())
-        rejects.extend(read.rejects)
-        summaries.append(summary(read))
-    rejects.sort(key=lambda r: (r.line, r.column))
-    return Parents(sorted(unique), rejects, summaries)
+@dataclass(frozen=True)
+class RosterChild:
+    """A roster row with a valid child identifier: what the run needs of it, nothing more (the
+    child's name is never read)."""
+
+    child_id: str  # canonical
+    region_code: str
+    father: str | Unknown  # canonical identifier, or why there is none
+    mother: str | Unknown
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The usable rows of a roster file and every bad cell, masked."""
+
+    path: Path
+    children: tuple[RosterChild, ...]
+    rejects: tuple[Reject, ...]
+
+
+def _cells(path: Path, column: str) -> list[str]:
+    """One plain column, row for row as ``read_ids`` reads the file (which it already has, so
+    the file is known to be readable UTF-8 CSV)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            if column not in header:
+                raise InputError(f"no column {column!r} in the header", Source(str(path)))
+            index = header.index(column)
+            return [row[index].strip() if index < len(row) else "" for row in reader]
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror}", Source(str(path))) from exc
+
+
+def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
+    """Children with canonical identifiers and their parents' identifiers or why they are
+    unusable. Invalid, blank or repeated child identifiers and invalid parent identifiers are
+    rejects; identifiers are checked as of ``as_of`` (a child born later is not yet one)."""
+    path = Path(path)
+    columns = {c: read_ids(path, c, today=as_of) for c in (CHILD_COLUMN, *PARENT_COLUMNS)}
+    regions = _cells(path, REGION_COLUMN)
+    rejects = [r for column in columns.values() for r in column.rejects]
+    why = {(r.line, r.column): r.reason for r in rejects}
+    kids, fathers, mothers = (columns[c] for c in (CHILD_COLUMN, *PARENT_COLUMNS))
+
+    def parent(column: str, line: int, value: str | None, blank: bool) -> str | Unknown:
+        if value is not None:
+            return value
+        return Unknown("blank" if blank else f"invalid ({why[line, column]})")
+
+    children, first_line = [], {}
+    for i, ((line, child), (_, father), (_, mother), region) in enumerate(
+        zip(kids.rows(), fathers.rows(), mothers.rows(), regions, strict=True)
+    ):
+        if child is None:  # invalid ones are rejects already; an empty row is nothing
+            empty = fathers.blank[i] and mothers.blank[i] and not region
+            if kids.blank[i] and not empty:
+                rejects.append(Reject(str(path), line, CHILD_COLUMN, "", "blank"))
+            continue
+        if child in first_line:
+            reason = f"repeats the child of line {first_line[child]}"
+            rejects.append(Reject(str(path), line, CHILD_COLUMN, mask(child), reason))
+            continue
+        first_line[child] = line
+        children.append(
+            RosterChild(
+                child,
+                region,
+                parent(PARENT_COLUMNS[0], line, father, bool(fathers.blank[i])),
+                parent(PARENT_COLUMNS[1], line, mother, bool(mothers.blank[i])),
+            )
+        )
+    order = (CHILD_COLUMN, *PARENT_COLUMNS)
+    rejects.sort(key=lambda r: (r.line, order.index(r.column)))
+    return Roster(path, tuple(children), tuple(rejects))
+
+
+def parent_ids(roster: Roster) -> list[str]:
+    """The distinct valid parent identifiers of a roster, sorted: what a plain query sends."""
+    return sorted({p for c in roster.children for p in (c.father, c.mother) if isinstance(p, str)})

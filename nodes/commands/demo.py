@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
-from datetime import date
 from pathlib import Path
 
 from nodes.client import Client, NodeError, QueryResult, write_matches
+from nodes.commands import parse_date
 from nodes.config import load_federation
 from nodes.federation import PURPOSES, LocalFederation
-from nodes.roster import read_parents
+from nodes.roster import parent_ids, read_roster
 from psi.errors import InputError
 from psi.ids import write_rejects
 from psi.synth import expected_matches, generate_city, write_city
@@ -36,13 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--as-of", default=None, help="reference date (default: today)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic city")
     parser.set_defaults(func=run)
-
-
-def parse_date(text: str | None, option: str = "--as-of") -> date:
-    try:
-        return date.fromisoformat(text) if text else date.today()
-    except ValueError:
-        raise InputError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _user_data(folder: Path) -> tuple[Path, dict[str, Path]]:
@@ -83,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
             f"data in {args.out / 'data'}"
         )
 
-    parents = read_parents(roster, today=as_of)
-    write_rejects(args.out / "rejects.csv", parents.rejects)
+    read = read_roster(roster, as_of)
+    parents = parent_ids(read)
+    write_rejects(args.out / "rejects.csv", read.rejects)
     print(
-        f"civil affairs: {len(parents.ids)} distinct valid parent identifiers; "
-        f"{len(parents.rejects)} invalid ones listed in {args.out / 'rejects.csv'}"
+        f"civil affairs: {len(parents)} distinct valid parent identifiers; "
+        f"{len(read.rejects)} bad roster cells listed in {args.out / 'rejects.csv'}"
     )
 
     with LocalFederation(args.out / "federation", registers) as federation:
@@ -99,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         with Client(load_federation(federation.federation_file)) as client:
             results = client.query_many(
                 [(d, d) for d in registers],
-                parents.ids,
+                parents,
                 purpose=PURPOSES[0],
                 legal_basis_ref="demo",
             )

@@ -1,0 +1,370 @@
+"""The monthly screening: roster in, every node asked at once, each child classified, results,
+report and history out, and what changed since the previous run.
+
+Only what the rules need is asked: the parents of children under the adult age, and only the
+datasets whose catalogue entry holds a status the rules count. A node that fails, or that cannot
+serve the screening as the rules need (purpose not granted, a needed label field withheld), stops
+the run before anything is written: an unanswered query must never read as "no match".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nodes.client import Client, NodeError
+from nodes.config import load_federation
+from nodes.roster import Unknown, read_roster
+from nodes.screening.classify import (
+    CANDIDATES,
+    NONE,
+    UNKNOWN,
+    Classification,
+    Match,
+    age_of,
+    classify,
+)
+from nodes.screening.report import FORMAT, write_outputs
+from nodes.screening.rules import Rules, load_rules
+from protocols.kinlink.v1 import psi_pb2
+from psi.dates import add_months
+from psi.errors import InputError, KinlinkError, Source
+from psi.ids import Reject, birth_date
+
+PURPOSE = "screening"
+ABSENT = "absent"  # a child not in the other run's roster
+HISTORY_GLOB = "????-??-??_*.json"
+
+
+class NodesFailed(KinlinkError):
+    """Nodes failed or cannot serve the screening; ``problems`` name each node."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = tuple(problems)
+        super().__init__(
+            "the screening stopped and wrote nothing (an unanswered node is never read as "
+            "'no match'): " + "; ".join(self.problems)
+        )
+
+
+# ---- asking the nodes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """One dataset asked: its table version and how much the client's caches saved."""
+
+    node: str
+    dataset: str
+    statuses: tuple[str, ...]  # those of the dataset the rules count
+    epoch: int
+    table_version: int
+    queried: int
+    evaluated: int  # sent to the node; the rest came from the finalized-output cache
+    matched: int  # people with a counted status
+    seconds: float
+
+    @property
+    def cached(self) -> int:
+        return self.queried - self.evaluated
+
+
+def _plan(client: Client, rules: Rules) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(node, dataset, statuses counted) for every dataset of every node that holds a status the
+    rules count, from the nodes' catalogues (fetched at once)."""
+
+    def catalogue(node: str) -> psi_pb2.Catalogue | NodeError:
+        try:
+            return client.catalogue(node)
+        except NodeError as exc:
+            return exc
+
+    nodes = list(client.config.nodes)
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        catalogues = dict(zip(nodes, pool.map(catalogue, nodes), strict=True))
+    plan, problems = [], []
+    for node, answer in catalogues.items():
+        if isinstance(answer, NodeError):
+            problems.append(str(answer))
+            continue
+        for dataset in answer.datasets:
+            held = tuple(s for s in rules.statuses if s in dataset.status_codes)
+            if not held:
+                continue
+            missing = rules.fields_needed(held) - set(dataset.label_fields)
+            where = f"node {node!r}: dataset {dataset.dataset_id!r} (holding {', '.join(held)})"
+            if PURPOSE not in dataset.allowed_purposes:
+                problems.append(f"{where} is not granted for purpose {PURPOSE!r}")
+            elif missing:
+                problems.append(f"{where} withholds field(s) {', '.join(sorted(missing))}")
+            else:
+                plan.append((node, dataset.dataset_id, held))
+    if problems:
+        raise NodesFailed(problems)
+    if not plan:
+        raise InputError(
+            f"no node of {client.config.path} serves a status the rules count "
+            f"({', '.join(rules.statuses)})"
+        )
+    return plan
+
+
+def _ask(
+    client: Client, plan: Sequence[tuple[str, str, tuple[str, ...]]], ids: list[str], as_of: date
+) -> tuple[dict[str, list[Match]], list[NodeRun]]:
+    """Every planned dataset about ``ids`` at once: the counted records per parent."""
+    answers = client.query_many(
+        [(node, dataset) for node, dataset, _ in plan],
+        ids,
+        purpose=PURPOSE,
+        legal_basis_ref=f"screening as of {as_of}",
+    )
+    failed = [str(a) for a in answers.values() if isinstance(a, NodeError)]
+    if failed:
+        raise NodesFailed(failed)
+    found: dict[str, list[Match]] = defaultdict(list)
+    runs = []
+    for node, dataset, held in plan:
+        answer = answers[node, dataset]
+        matched = set()
+        for person, label in answer.matches:
+            for record in label.records:
+                if record.status in held:
+                    found[person].append(Match(node, dataset, answer.table_version, record))
+                    matched.add(person)
+        runs.append(
+            NodeRun(
+                node,
+                dataset,
+                held,
+                answer.epoch,
+                answer.table_version,
+                answer.queried,
+                answer.evaluated,
+                len(matched),
+                sum(answer.timings.values()),
+            )
+        )
+    return found, runs
+
+
+# ---- changes since the previous run ------------------------------------------------------------
+
+
+class Why(NamedTuple):
+    """A reason for a change: a stable code to count by, and words to read."""
+
+    code: str  # turned_adult, status_ended, no_longer_matched, parent_unknown, ...
+    text: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """One child whose standing changed since the previous run."""
+
+    child_id: str
+    before: str  # the previous classification, or ABSENT
+    after: str
+    why: tuple[Why, ...]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """New candidates (orphan, de facto unattended or needs_review now, not before), candidates
+    whose eligibility ended, and candidates whose class or parents' statuses changed."""
+
+    previous: Mapping[str, str] | None  # file, as_of and run_at of the run compared with
+    new: tuple[Change, ...] = ()
+    ended: tuple[Change, ...] = ()
+    changed: tuple[Change, ...] = ()
+
+    def ended_why(self) -> Counter[str]:
+        """How many ended candidates each reason code explains."""
+        return Counter(why.code for change in self.ended for why in change.why)
+
+
+def _why_ended(before: Mapping[str, Any], now: Classification, rules: Rules) -> tuple[Why, ...]:
+    if now.age >= rules.adult_age:
+        adult = add_months(birth_date(now.child_id), 12 * rules.adult_age)
+        return (Why("turned_adult", f"turned {rules.adult_age} on {adult}"),)
+    whys = []
+    for finding in now.parents:
+        role, was = finding.role, before[f"{finding.role}_status"]
+        if was == finding.status or was == NONE:
+            continue
+        if was == UNKNOWN:
+            whys.append(Why("parent_identified", f"{role} now identified: {finding.status}"))
+        elif finding.status == UNKNOWN:
+            whys.append(Why("parent_unknown", "; ".join(finding.reasons)))
+        elif same := [j.text for j in finding.judged if j.match.record.status == was]:
+            whys.append(Why("status_ended", f"{role} {was} no longer counts: {'; '.join(same)}"))
+        else:
+            text = f"{role} no longer matched as {was} (record corrected or withdrawn)"
+            whys.append(Why("no_longer_matched", text))
+    return tuple(whys) or (Why("other", "the rules or the roster changed"),)
+
+
+def compare(
+    previous: Mapping[str, Any] | None, verdicts: Sequence[Classification], rules: Rules
+) -> Changes:
+    """What changed since ``previous`` (a results.json document)."""
+    if previous is None:
+        return Changes(None)
+    before = {row["child_id"]: row for row in previous["children"]}
+    new, ended, changed = [], [], []
+    for now in verdicts:
+        row = before.pop(now.child_id, None)
+        was = row["classification"] if row else ABSENT
+        after = now.classification
+        if after in CANDIDATES and was not in CANDIDATES:
+            why = tuple(Why("counts", f"{p.role} {p.status}") for p in now.parents)
+            new.append(Change(now.child_id, was, after, why))
+        elif was in CANDIDATES and after not in CANDIDATES:
+            ended.append(Change(now.child_id, was, after, _why_ended(row, now, rules)))
+        elif was in CANDIDATES:
+            why = tuple(
+                Why("status", f"{p.role} {row[f'{p.role}_status']} → {p.status}")
+                for p in now.parents
+                if row[f"{p.role}_status"] != p.status
+            )
+            if was != after:
+                why = (Why("class", f"{was} → {after}"), *why)
+            if why:
+                changed.append(Change(now.child_id, was, after, why))
+    left = (Why("left_roster", "no longer in the roster"),)
+    ended += [
+        Change(child, row["classification"], ABSENT, left)
+        for child, row in before.items()
+        if row["classification"] in CANDIDATES
+    ]
+    info = {k: str(previous.get(k, "")) for k in ("file", "as_of", "run_at")}
+    return Changes(info, tuple(new), tuple(ended), tuple(changed))
+
+
+def _previous(history: Path, name: str) -> dict[str, Any] | None:
+    """The run saved in ``history`` just before ``name`` in (as_of, time) order, if any."""
+    earlier = sorted(p for p in history.glob(HISTORY_GLOB) if p.name < name)
+    if not earlier:
+        return None
+    path = earlier[-1]
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read this earlier run: {exc}", Source(str(path))) from None
+    rows = document.get("children") if isinstance(document, dict) else None
+    keys = ("child_id", "classification", "father_status", "mother_status")
+    if (
+        not isinstance(rows, list)
+        or document.get("format") != FORMAT
+        or not all(isinstance(r, dict) and all(k in r for k in keys) for r in rows)
+    ):
+        raise InputError(
+            f"not a screening result of format {FORMAT}; move it out of the history folder",
+            Source(str(path)),
+        )
+    return {**document, "file": str(path)}
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A classified child with the roster's region code, for the counts by region."""
+
+    region_code: str
+    verdict: Classification
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    """Everything a run found and wrote; outputs apply data minimisation, this object does not
+    (it stays in the caller's memory)."""
+
+    as_of: date
+    run_at: datetime
+    rules: Rules
+    roster: Path
+    retain_ineligible: bool
+    children: tuple[Screened, ...]
+    rejects: tuple[Reject, ...]
+    nodes: tuple[NodeRun, ...]
+    uncovered: tuple[str, ...]  # statuses the rules count that no dataset holds
+    changes: Changes
+    out_dir: Path
+    history_file: Path
+    seconds: float  # reading, asking and classifying
+
+    def counts(self) -> Counter[str]:
+        return Counter(c.verdict.classification for c in self.children)
+
+
+def screen(
+    federation_file: str | os.PathLike[str],
+    roster_path: str | os.PathLike[str],
+    as_of: date,
+    out_dir: str | os.PathLike[str],
+    *,
+    rules: Rules | None = None,
+    retain_ineligible: bool = False,
+    history_dir: str | os.PathLike[str] | None = None,
+) -> ScreeningResult:
+    """Screen the roster as of ``as_of``; write results.csv, results.json, report.html and
+    rejects.csv in ``out_dir`` and keep results.json in the history folder (default
+    ``out_dir/../history``). Raises ``NodesFailed`` (nothing written) when a node fails."""
+    started = time.perf_counter()
+    run_at = datetime.now(UTC)
+    rules = rules or load_rules()
+    out = Path(out_dir)
+    history = Path(history_dir) if history_dir else out.resolve().parent / "history"
+    name = f"{as_of.isoformat()}_{run_at:%Y%m%dT%H%M%S%fZ}.json"
+    previous = _previous(history, name)  # a bad history file fails before any query
+    roster = read_roster(roster_path, as_of)
+    minors = [c for c in roster.children if age_of(c.child_id, as_of) < rules.adult_age]
+    ids = sorted({p for c in minors for p in (c.father, c.mother) if isinstance(p, str)})
+    with Client(load_federation(federation_file)) as client:
+        plan = _plan(client, rules)
+        found, runs = _ask(client, plan, ids, as_of)
+    held = {s for _, _, statuses in plan for s in statuses}
+
+    def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
+        return value if isinstance(value, Unknown) else found.get(value, ())
+
+    children = tuple(
+        Screened(
+            c.region_code,
+            classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules),
+        )
+        for c in roster.children
+    )
+    result = ScreeningResult(
+        as_of=as_of,
+        run_at=run_at,
+        rules=rules,
+        roster=roster.path,
+        retain_ineligible=retain_ineligible,
+        children=children,
+        rejects=roster.rejects,
+        nodes=tuple(runs),
+        uncovered=tuple(s for s in rules.statuses if s not in held),
+        changes=compare(previous, [c.verdict for c in children], rules),
+        out_dir=out,
+        history_file=history / name,
+        seconds=time.perf_counter() - started,
+    )
+    results_json = write_outputs(result)
+    try:
+        history.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results_json, result.history_file)
+    except OSError as exc:
+        raise InputError(f"cannot keep the run in the history: {exc.strerror}") from exc
+    return result
