@@ -11,7 +11,7 @@ import sys
 
 from psi.errors import KinlinkError
 
-COMMANDS = ("certs", "node", "query", "demo")
+COMMANDS = ("synth", "certs", "node", "query", "demo", "screen", "audit")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
