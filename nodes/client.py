@@ -26,6 +26,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from nodes.audit.log import open_party_log
+from nodes.audit.receipts import receipt_fields
 from nodes.config import FederationConfig
 from nodes.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
@@ -149,10 +151,21 @@ class Client:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(os.urandom(32))
         self._secret = secret_file.read_bytes()
+        self.audit = open_party_log(config.cache, config.client)
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+        self.audit.close()
+
+    def _record(self, node: str, event: dict) -> None:
+        """Append to the client's own audit log; a node's free text that the log refuses (it
+        looks like an identifier) is dropped, never the event."""
+        event = {**{k: v for k, v in event.items() if v != ""}, "peer": {"cn": node}}
+        try:
+            self.audit.append(event)
+        except ValueError:
+            self.audit.append({k: v for k, v in event.items() if k not in ("reason", "detail")})
 
     def __enter__(self) -> Client:
         return self
@@ -349,21 +362,40 @@ class Client:
         blinded: np.ndarray,
     ) -> tuple[np.ndarray, psi_pb2.SessionReceipt]:
         stub = self._stub(node)
-        session = self._call(
-            node,
-            lambda: stub.OpenSession(
-                psi_pb2.OpenSessionRequest(
-                    dataset_id=dataset,
-                    purpose_code=purpose,
-                    legal_basis_ref=legal_basis_ref,
-                    element_count=len(blinded),
-                    suite=self.oprf.suite.name,
-                    key_epoch=epoch,
-                    protocol_version=version,
+        asked = {
+            "dataset": dataset,
+            "purpose": purpose,
+            "legal_basis_ref": legal_basis_ref,
+            "declared": len(blinded),
+            "key_epoch": epoch,
+        }
+        try:
+            session = self._call(
+                node,
+                lambda: stub.OpenSession(
+                    psi_pb2.OpenSessionRequest(
+                        dataset_id=dataset,
+                        purpose_code=purpose,
+                        legal_basis_ref=legal_basis_ref,
+                        element_count=len(blinded),
+                        suite=self.oprf.suite.name,
+                        key_epoch=epoch,
+                        protocol_version=version,
+                    ),
+                    timeout=CALL_TIMEOUT,
                 ),
-                timeout=CALL_TIMEOUT,
-            ),
-        )
+            )
+        except NodeError as exc:
+            self._record(
+                node,
+                {
+                    **asked,
+                    "event": "session_refused",
+                    "outcome": exc.code.name.lower() if exc.code else "error",
+                    "reason": str(exc),
+                },
+            )
+            raise
         per_chunk = session.max_elements_per_chunk
 
         def chunks() -> Iterator[psi_pb2.EvaluateChunk]:
@@ -388,6 +420,7 @@ class Client:
                 psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
             ),
         )
+        self._record(node, {"event": "receipt_received", **receipt_fields(receipt)})
         return evaluated, receipt
 
     def _table(
@@ -424,6 +457,19 @@ class Client:
             return header, bytes(payload)
 
         header, payload = self._call(node, fetch)
+        self._record(
+            node,
+            {
+                "event": "table_fetched",
+                "dataset": dataset,
+                "purpose": purpose,
+                "legal_basis_ref": legal_basis_ref,
+                "key_epoch": header.key_epoch,
+                "table_version": header.version,
+                "base_version": header.base_version,
+                "bytes": len(payload),
+            },
+        )
         if header.version == since and held is not None:
             return held, len(payload)
         if header.base_version:

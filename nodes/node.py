@@ -24,6 +24,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nodes.accountability import AccountabilityServicer, request_hint
+from nodes.audit.log import AuditLog, check_entry, open_party_log
+from nodes.audit.receipts import receipt_fields
 from nodes.budgets import BudgetExceeded, Budgets
 from nodes.config import Grant, NodeConfig
 from nodes.department import server_key
@@ -40,7 +43,6 @@ from protocols.limits import (
 from psi.errors import CryptoError, InputError
 from psi.keys import KeyRingError
 from psi.oprf import KeyPair
-from psi.suites import SUITES
 from psi.table import FORMAT as TABLE_FORMAT
 from psi.table import Delta, Table
 
@@ -72,11 +74,13 @@ class _Session:
     evaluated: int = 0
     chunks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    transcript: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
 
 
-class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
-    def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets):
-        self.config, self.state, self.budgets = config, state, budgets
+class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer):
+    def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets, audit: AuditLog):
+        self.config, self.state, self.budgets, self.audit = config, state, budgets, audit
+        self.registry = state.registry
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
@@ -89,46 +93,85 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
             )
         return peer
 
-    def _grant(self, context, peer: Peer, dataset: str, purpose: str) -> Grant:
+    def _record(self, event: dict) -> None:
+        """Append to the audit log (counts and names only) and mirror a line to the node log."""
+        self.audit.append(event)
+        counts = " ".join(f"{k}={v}" for k, v in event.items() if isinstance(v, int))
+        log.info(
+            "%s client=%s dataset=%s %s",
+            event["event"],
+            event.get("peer", {}).get("cn"),
+            event.get("dataset", "-"),
+            counts,
+        )
+
+    def _refuse(self, context, code: grpc.StatusCode, message: str, event: dict) -> None:
+        """Log a refusal with its reason, then end the call with ``code``."""
+        self._record(
+            {**event, "event": "session_refused", "outcome": code.name.lower(), "reason": message}
+        )
+        context.abort(code, message)
+
+    def _checked(self, context, peer: Peer, **text: str) -> dict:
+        """The caller's free-text fields as an audit event base; text that looks like an
+        identity number is refused before it could reach any log."""
+        event = {"peer": _peer_field(peer), **{k: v for k, v in text.items() if v}}
+        try:
+            check_entry({"event": "session_opened", **event}, stored=False)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request refused: {exc}")
+        return event
+
+    def _grant(self, context, peer: Peer, dataset: str, purpose: str, event: dict) -> Grant:
         if dataset not in self.config.datasets:
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.NOT_FOUND,
                 f"node {self.config.id!r} has no dataset {dataset!r}; "
                 "see GetCatalogue for what it serves",
+                event,
             )
-        grant = self.config.grant(peer.common_name, dataset)
+        grant = self._grant_for(peer.common_name, dataset)
         if grant is None:
-            log.info("refused client=%s dataset=%s reason=no-grant", peer.common_name, dataset)
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"client {peer.common_name!r} is not granted dataset {dataset!r} on node "
-                f"{self.config.id!r}; ask the node operator for a grant",
+                f"client {peer.common_name!r} is not granted dataset {dataset!r} on "
+                f"node {self.config.id!r}; {request_hint(self.config.id, dataset, purpose)}",
+                event,
             )
         if purpose not in grant.purposes:
-            log.info("refused client=%s dataset=%s reason=purpose", peer.common_name, dataset)
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"purpose {purpose!r} is not granted to {peer.common_name!r} on dataset "
-                f"{dataset!r}; granted: {', '.join(grant.purposes)}",
+                f"{dataset!r}; granted: {', '.join(grant.purposes)}; "
+                + request_hint(self.config.id, dataset, purpose),
+                event,
             )
         return grant
 
-    def _epoch(self, context, dataset: str, asked: int) -> tuple[int, KeyPair]:
+    def _epoch(self, context, dataset: str, asked: int, event: dict) -> tuple[int, KeyPair]:
         try:
             ring = self.state.keyring()
             epoch = asked or ring.current(dataset)[0]
             return epoch, server_key(self.state.oprf, ring, dataset, epoch)
         except KeyRingError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc), event)
         except InputError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"dataset {dataset!r} is not built: {exc}")
+            self._refuse(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataset {dataset!r} is not built: {exc}",
+                event,
+            )
 
     # -- the service ----------------------------------------------------------------------------
     def GetCatalogue(self, request, context):
         peer = self._peer(context)
         datasets = []
         for dataset in self.config.datasets.values():
-            grant = self.config.grant(peer.common_name, dataset.id)
+            grant = self._grant_for(peer.common_name, dataset.id)
             if grant is None or (request.dataset_ids and dataset.id not in request.dataset_ids):
                 continue
             try:
@@ -158,40 +201,52 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
                 )
             )
         return psi_pb2.Catalogue(
-            node_id=self.config.id, protocol_versions=SUPPORTED_PROTOCOL_VERSIONS, datasets=datasets
+            node_id=self.config.id,
+            protocol_versions=SUPPORTED_PROTOCOL_VERSIONS,
+            datasets=datasets,
+            catalogue_version=self.registry.catalogue_version(),
         )
 
     def OpenSession(self, request, context):
         peer = self._peer(context)
-        grant = self._grant(context, peer, request.dataset_id, request.purpose_code)
+        event = self._checked(
+            context,
+            peer,
+            dataset=request.dataset_id,
+            purpose=request.purpose_code,
+            legal_basis_ref=request.legal_basis_ref,
+        )
+        event["declared"] = request.element_count
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
         if request.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {request.protocol_version} is not spoken here; node speaks "
-                f"{', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}",
+                f"protocol version {request.protocol_version} is not spoken here; node "
+                f"speaks {', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}",
+                event,
             )
         if request.suite != self.state.oprf.suite.name:
-            known = ", ".join(s for s in SUITES if s == self.state.oprf.suite.name)
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"ciphersuite {request.suite!r} is not offered; offered: {known}",
+                f"ciphersuite {request.suite!r} is not offered; offered: "
+                f"{self.state.oprf.suite.name}",
+                event,
             )
         if request.element_count < 1:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "element_count must be at least 1")
-        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch)
+            self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "element_count must be at least 1", event
+            )
+        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch, event)
+        event["key_epoch"] = epoch
         version = self.state.latest(request.dataset_id, epoch, grant.fields)
         try:
             self.budgets.charge(
                 peer.common_name, request.dataset_id, epoch, request.element_count, grant.limits
             )
         except BudgetExceeded as exc:
-            log.info(
-                "refused client=%s dataset=%s reason=budget elements=%d",
-                peer.common_name,
-                request.dataset_id,
-                request.element_count,
-            )
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), event)
         now = time.time()
         session = _Session(
             secrets.token_urlsafe(24),
@@ -208,14 +263,15 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
         )
         with self._lock:
             self._sessions[session.id] = session
-        log.info(
-            "session-opened client=%s fingerprint=%s dataset=%s purpose=%s epoch=%d declared=%d",
-            peer.common_name,
-            peer.fingerprint[:16],
-            session.dataset,
-            session.purpose,
-            epoch,
-            session.declared,
+        limit = {"limit": grant.limits.per_session} if grant.limits.per_session else {}
+        self._record(
+            {
+                **event,
+                **limit,
+                "event": "session_opened",
+                "session_id": session.id,
+                "table_version": version,
+            }
         )
         return psi_pb2.Session(
             session_id=session.id,
@@ -244,71 +300,104 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
     def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
         peer = self._peer(context)
         session: _Session | None = None
-        width = self.state.oprf.suite.element_size
-        for expected, chunk in enumerate(request_iterator):
-            if session is None:
-                session = self._session(context, chunk.session_id, peer)
-            elif chunk.session_id and chunk.session_id != session.id:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session")
-            if chunk.sequence != expected:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"chunk sequence {chunk.sequence} out of order; expected {expected}",
+        problem: tuple[grpc.StatusCode, str] | None = None
+        try:
+            for expected, chunk in enumerate(request_iterator):
+                if session is None:
+                    session = self._session(context, chunk.session_id, peer)
+                with session.lock:  # check and count under one lock: streams may race
+                    problem = self._chunk_problem(session, chunk, expected)
+                    if problem:
+                        break
+                    session.evaluated += chunk.count
+                    session.chunks += 1
+                blinded = np.frombuffer(chunk.elements, dtype=np.uint8).reshape(
+                    -1, self.state.oprf.suite.element_size
                 )
-            if chunk.count > ELEMENTS_PER_CHUNK:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"chunk of {chunk.count} elements; at most {ELEMENTS_PER_CHUNK}",
-                )
-            if len(chunk.elements) != chunk.count * width:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"chunk {chunk.sequence}: {len(chunk.elements)} bytes for "
-                    f"{chunk.count} elements of {width} bytes",
-                )
-            with session.lock:
-                if session.evaluated + chunk.count > session.declared:
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the session declared {session.declared} elements; "
-                        f"{session.evaluated + chunk.count} sent",
+                try:
+                    evaluated = self.state.oprf.blind_evaluate_batch(session.key.sk, blinded)
+                except CryptoError as exc:
+                    problem = (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"chunk {chunk.sequence}: {exc}; nothing in it was evaluated",
                     )
-                session.evaluated += chunk.count
-                session.chunks += 1
-            blinded = np.frombuffer(chunk.elements, dtype=np.uint8).reshape(-1, width)
-            try:
-                evaluated = self.state.oprf.blind_evaluate_batch(session.key.sk, blinded)
-            except CryptoError as exc:
-                log.info(
-                    "refused client=%s dataset=%s reason=bad-element",
-                    peer.common_name,
-                    session.dataset,
+                    break
+                answer = evaluated.tobytes()
+                with session.lock:
+                    session.transcript.update(
+                        chunk.sequence.to_bytes(8, "big") + chunk.elements + answer
+                    )
+                yield psi_pb2.EvaluatedChunk(
+                    sequence=chunk.sequence, count=chunk.count, elements=answer
                 )
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"chunk {chunk.sequence}: {exc}; nothing in it was evaluated",
+        finally:
+            if session is not None:
+                outcome = (
+                    {"outcome": problem[0].name.lower(), "reason": problem[1]}
+                    if problem
+                    else {"outcome": "ok"}
                 )
-            yield psi_pb2.EvaluatedChunk(
-                sequence=chunk.sequence, count=chunk.count, elements=evaluated.tobytes()
+                self._record(
+                    {
+                        "event": "elements_evaluated",
+                        "peer": _peer_field(peer),
+                        "session_id": session.id,
+                        "dataset": session.dataset,
+                        "evaluated": session.evaluated,
+                        "chunks": session.chunks,
+                        **outcome,
+                    }
+                )
+        if problem:
+            context.abort(*problem)
+
+    def _chunk_problem(self, session: _Session, chunk, expected: int):
+        """Why a chunk breaks the session's contract, or None."""
+        width = self.state.oprf.suite.element_size
+        if chunk.session_id and chunk.session_id != session.id:
+            return grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session"
+        if chunk.sequence != expected:
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk sequence {chunk.sequence} out of order; expected {expected}",
             )
-        if session is not None:
-            log.info(
-                "evaluated client=%s dataset=%s elements=%d chunks=%d",
-                peer.common_name,
-                session.dataset,
-                session.evaluated,
-                session.chunks,
+        if chunk.count > ELEMENTS_PER_CHUNK:
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"chunk of {chunk.count} elements; at most {ELEMENTS_PER_CHUNK}",
             )
+        if len(chunk.elements) != chunk.count * width:
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk {chunk.sequence}: {len(chunk.elements)} bytes for {chunk.count} "
+                f"elements of {width} bytes",
+            )
+        if session.evaluated + chunk.count > session.declared:
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the session declared {session.declared} elements; "
+                f"{session.evaluated + chunk.count} sent",
+            )
+        return None
 
     def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
         peer = self._peer(context)
-        grant = self._grant(context, peer, request.dataset_id, request.purpose_code)
-        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch)
+        event = self._checked(
+            context,
+            peer,
+            dataset=request.dataset_id,
+            purpose=request.purpose_code,
+            legal_basis_ref=request.legal_basis_ref,
+        )
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
+        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, event)
         latest = self.state.latest(request.dataset_id, epoch, grant.fields)
         if not latest:
-            context.abort(
+            self._refuse(
+                context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"dataset {request.dataset_id!r} has no table for epoch {epoch} yet",
+                event,
             )
         base = request.since_version
         if base >= latest or base not in self.state.versions(
@@ -346,14 +435,15 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
             with open(path, "rb") as handle:
                 while data := handle.read(TABLE_CHUNK_BYTES):
                     yield psi_pb2.TableChunk(data=data)
-        log.info(
-            "table-fetched client=%s dataset=%s epoch=%d version=%d base=%d bytes=%d",
-            peer.common_name,
-            request.dataset_id,
-            epoch,
-            latest,
-            base,
-            size,
+        self._record(
+            {
+                **event,
+                "event": "table_fetched",
+                "key_epoch": epoch,
+                "table_version": latest,
+                "base_version": base,
+                "bytes": size,
+            }
         )
 
     def CloseSession(self, request, context):
@@ -361,15 +451,7 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
         session = self._session(context, request.session_id, peer)
         with self._lock:
             self._sessions.pop(session.id, None)
-        now = time.time()
-        log.info(
-            "session-closed client=%s dataset=%s declared=%d evaluated=%d",
-            peer.common_name,
-            session.dataset,
-            session.declared,
-            session.evaluated,
-        )
-        return psi_pb2.SessionReceipt(
+        receipt = psi_pb2.SessionReceipt(
             session_id=session.id,
             node_id=self.config.id,
             client_id=peer.common_name,
@@ -382,8 +464,23 @@ class DepartmentNode(psi_pb2_grpc.DepartmentNodeServicer):
             elements_evaluated=session.evaluated,
             chunks_evaluated=session.chunks,
             opened_at=_timestamp(session.opened),
-            closed_at=_timestamp(now),
+            closed_at=_timestamp(time.time()),
+            transcript_hash=session.transcript.digest(),
         )
+        self._record(
+            {
+                "event": "receipt_issued",
+                **receipt_fields(receipt),
+                "peer": _peer_field(peer),
+                "outcome": "ok",
+            }
+        )
+        self.audit.sign_tree_head()
+        return receipt
+
+
+def _peer_field(peer: Peer) -> dict:
+    return {"cn": peer.common_name, "fingerprint": peer.fingerprint}
 
 
 def _sha256(path: Path) -> bytes:
@@ -401,6 +498,7 @@ class RunningNode:
     health: health.HealthServicer
     state: NodeState
     budgets: Budgets
+    audit: AuditLog
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def refresh_health(self) -> None:
@@ -419,6 +517,7 @@ class RunningNode:
         self.stop_event.set()
         self.server.stop(grace).wait()
         self.budgets.close()
+        self.audit.close()
 
 
 def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
@@ -427,9 +526,10 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
     config.state.mkdir(parents=True, exist_ok=True)
     budgets = Budgets(config.state / "budgets.sqlite")
+    audit = open_party_log(config.state, config.id)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
     psi_pb2_grpc.add_DepartmentNodeServicer_to_server(
-        DepartmentNode(config, state, budgets), server
+        DepartmentNode(config, state, budgets, audit), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -445,7 +545,7 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     if port == 0:
         raise InputError(f"cannot listen on {config.listen}")
     server.start()
-    node = RunningNode(server, port, health_servicer, state, budgets)
+    node = RunningNode(server, port, health_servicer, state, budgets, audit)
     node.refresh_health()
 
     def watch() -> None:  # pick up builds and rotations made by other processes

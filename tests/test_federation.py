@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nodes.audit.log import read_log, verify_log
+from nodes.audit.report import cross_check
 from nodes.budgets import Limits
 from nodes.certs import Role, init_federation, issue
 from nodes.client import Client, NodeError
@@ -239,4 +241,44 @@ def test_node_files_and_logs_hold_no_query_identifier(city, federation):
                 searched += 1
                 assert not pattern.search(path.read_bytes()), path
     assert searched > 20
-    assert (federation.root / "health" / "state" / "node.log").read_text().count("session-") >= 2
+    assert (federation.root / "health" / "state" / "node.log").read_text().count(
+        "session_opened"
+    ) >= 1
+
+
+def test_both_logs_verify_and_every_receipt_is_on_both_sides(city, federation):
+    with Client(load_federation(federation.federation_file)) as client:
+        client.query("court", "court", parents(city)[:50], purpose="screening")
+    client_log = federation.root / "client-cache" / "audit.sqlite"
+    node_log = federation.root / "court" / "state" / "audit.sqlite"
+    for log, key in (
+        (client_log, federation.root / "client-cache" / "audit-key.pub.pem"),
+        (node_log, federation.root / "court" / "state" / "audit-key.pub.pem"),
+    ):
+        report = verify_log(log, key.read_bytes())
+        assert report.ok, report.problems
+    check = cross_check(client_log, node_log)
+    assert check.ok and check.matched >= 1, check.differences
+    events = {e["event"] for e in read_log(node_log).entries}
+    assert {"session_opened", "elements_evaluated", "receipt_issued", "table_fetched"} <= events
+
+
+def test_cross_check_finds_a_receipt_missing_on_one_side(city, federation, tmp_path):
+    import sqlite3
+
+    with Client(load_federation(federation.federation_file)) as client:
+        client.query("police", "police", parents(city)[:20], purpose="screening")
+    node_log = tmp_path / "node.sqlite"
+    with (
+        sqlite3.connect(federation.root / "police" / "state" / "audit.sqlite") as source,
+        sqlite3.connect(node_log) as copy,
+    ):
+        source.backup(copy)  # the log is in WAL mode: copy it the way SQLite does
+    with sqlite3.connect(node_log) as db:  # the node "forgets" its last receipt
+        db.execute(
+            "DELETE FROM entries WHERE idx = (SELECT MAX(idx) FROM entries "
+            "WHERE data LIKE '%receipt_issued%')"
+        )
+    check = cross_check(federation.root / "client-cache" / "audit.sqlite", node_log)
+    assert not check.ok
+    assert [d.kind for d in check.differences] == ["missing-at-node"]

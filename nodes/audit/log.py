@@ -728,3 +728,11 @@ def _check_pair(
     else:
         return
     report.problems.append(Problem("inconsistent", message, head=seq))
+
+
+def open_party_log(folder: Path, owner: str) -> AuditLog:
+    """A node's or client's own log in ``folder`` (``audit.sqlite``), signed with the key in
+    ``audit-key.pem``, created on first use; ``audit-key.pub.pem`` goes to reviewers."""
+    key_path = folder / "audit-key.pem"
+    key = load_signing_key(key_path) if key_path.exists() else generate_key(key_path)
+    return AuditLog(folder / "audit.sqlite", key, owner)
