@@ -11,7 +11,7 @@ import sys
 
 from psi.errors import KinlinkError
 
-COMMANDS = ("synth", "certs", "node", "query", "demo", "screen", "audit")
+COMMANDS = ("synth", "certs", "node", "query", "demo", "screen", "audit", "catalog", "disputes")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ import numpy as np
 
 from nodes.audit.log import open_party_log
 from nodes.audit.receipts import receipt_fields
+from nodes.cache import OutputCache
 from nodes.config import FederationConfig
 from nodes.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
@@ -94,40 +93,6 @@ class _Plan:
     outputs: np.ndarray  # (n, Nh): cached rows filled, fresh rows filled by _complete
     fresh: list[int]  # indices of identifiers to evaluate at the node
     timings: dict[str, float]
-
-
-class _OutputCache:
-    """Finalized outputs per (node, dataset, epoch), keyed by an HMAC of the identifier under a
-    client-local secret: the cache file alone does not reveal whom civil affairs asked about."""
-
-    def __init__(self, path: Path, secret: bytes):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS outputs (id BLOB PRIMARY KEY, output BLOB)")
-        self._secret = secret
-
-    def key(self, identifier: str) -> bytes:
-        return hmac.new(self._secret, identifier.encode(), hashlib.sha256).digest()[:16]
-
-    def get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for lo in range(0, len(keys), 500):
-            part = keys[lo : lo + 500]
-            found.update(
-                self._db.execute(
-                    f"SELECT id, output FROM outputs WHERE id IN ({','.join('?' * len(part))})",
-                    part,
-                )
-            )
-        return found
-
-    def put(self, rows: list[tuple[bytes, bytes]]) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", rows)
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class Client:
@@ -277,7 +242,7 @@ class Client:
                 f"no dataset {dataset!r} for this client; offered: {offered}",
             )
         folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
-        cache = _OutputCache(folder / "outputs.sqlite", self._secret)
+        cache = OutputCache(folder / "outputs.sqlite", self._secret)
         try:
             keys = [cache.key(x) for x in ids]
             known = cache.get(keys)
@@ -322,7 +287,7 @@ class Client:
             new = self.oprf.finalize_batch(inputs, blinds, evaluated, progress=progress)
             plan.timings["finalize"] = time.perf_counter() - t
             plan.outputs[plan.fresh] = new
-            cache = _OutputCache(plan.folder / "outputs.sqlite", self._secret)
+            cache = OutputCache(plan.folder / "outputs.sqlite", self._secret)
             try:
                 cache.put(
                     [(plan.keys[i], r.tobytes()) for i, r in zip(plan.fresh, new, strict=True)]

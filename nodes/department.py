@@ -1,24 +1,20 @@
 """A department's side of one dataset: evaluate its register under the epoch key and seal labels.
 
-The expensive step is one OPRF evaluation (a scalar multiplication) per person. Outputs are kept in
-an SQLite cache per epoch, keyed by an HMAC of the identifier under the dataset's handle key (never
-the identifier, never a plain hash of it), and committed chunk by chunk: an interrupted build
-resumes where it stopped, and a rebuild after small register changes evaluates only new people.
-With the previous table version, unchanged entries keep their sealed rows, so the delta between
-versions holds only what changed.
+The expensive step is one OPRF evaluation (a scalar multiplication) per person. Outputs are kept
+in an ``OutputCache`` per epoch under the dataset's handle key, committed chunk by chunk: an
+interrupted build resumes where it stopped, and a rebuild after small register changes evaluates
+only new people. With the previous table version, unchanged entries keep their sealed rows, so
+the delta between versions holds only what changed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
+from nodes.cache import OutputCache
 from nodes.register import Register
 from psi.keys import KeyRing
 from psi.labels import encode_label, record_handle
@@ -40,39 +36,6 @@ def server_key(oprf: Oprf, keyring: KeyRing, dataset: str, epoch: int) -> KeyPai
     return oprf.derive_key_pair(keyring.seed(dataset, epoch), key_info(dataset, epoch))
 
 
-class OutputCache:
-    """OPRF outputs of the department's own people for one epoch, for resumable, incremental
-    builds. It is as sensitive as the key ring and lives beside it in the node's state."""
-
-    def __init__(self, path: Path | str, pid_key: bytes):
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outputs (pid BLOB PRIMARY KEY, output BLOB NOT NULL)"
-        )
-        self._key = pid_key
-
-    def pid(self, identifier: str) -> bytes:
-        return hmac.new(self._key, b"pid:" + identifier.encode(), hashlib.sha256).digest()[:16]
-
-    def get(self, pids: Sequence[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for lo in range(0, len(pids), 500):
-            part = pids[lo : lo + 500]
-            marks = ",".join("?" * len(part))
-            found.update(
-                self._db.execute(f"SELECT pid, output FROM outputs WHERE pid IN ({marks})", part)
-            )
-        return found
-
-    def put(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", rows)
-
-    def close(self) -> None:
-        self._db.close()
-
-
 def evaluate_people(
     oprf: Oprf,
     key: KeyPair,
@@ -85,7 +48,7 @@ def evaluate_people(
     computed = 0
     for lo in range(0, len(people), CACHE_CHUNK):
         chunk = people[lo : lo + CACHE_CHUNK]
-        pids = [cache.pid(x) for x in chunk] if cache else []
+        pids = [cache.key(x) for x in chunk] if cache else []
         known = cache.get(pids) if cache else {}
         missing = (
             [i for i, p in enumerate(pids) if p not in known] if cache else list(range(len(chunk)))

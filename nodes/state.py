@@ -4,6 +4,7 @@ Layout (under ``[node] state``)::
 
     keyring.kin                                   sealed key ring (psi.keys)
     budgets.sqlite                                query budgets (nodes.budgets)
+    registry.sqlite                               access requests, approved grants, disputes
     <dataset>/rejects.csv                         bad register rows of the last build (masked)
     <dataset>/e<epoch>/outputs.sqlite             OPRF outputs of the register (resumable builds)
     <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
@@ -22,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.cache import OutputCache
 from nodes.config import DatasetConfig, NodeConfig
-from nodes.department import OutputCache, build_dataset_table
+from nodes.department import build_dataset_table
 from nodes.register import Register, csv_rows, read_rows, sql_rows
+from nodes.registry import Registry
 from psi.errors import InputError
 from psi.ids import write_rejects
 from psi.keys import KeyRing
@@ -62,6 +65,7 @@ class NodeState:
         self._passphrase = passphrase
         self._lock = threading.Lock()
         self._keyring: tuple[float, KeyRing] | None = None
+        self.registry = Registry(self.root)
 
     # -- key ring ---------------------------------------------------------------------------------
     @property
@@ -134,7 +138,8 @@ class NodeState:
             epoch, _ = self.keyring().current(dataset)
         except InputError:
             return False
-        return all(self.latest(dataset, epoch, f) for f in self.config.profiles(dataset))
+        profiles = self.registry.profiles(self.config, dataset)
+        return all(self.latest(dataset, epoch, f) for f in profiles)
 
     # -- building and rotating --------------------------------------------------------------------
     def read_register(self, dataset: DatasetConfig) -> Register:
@@ -150,7 +155,9 @@ class NodeState:
         dataset = self.config.datasets[dataset_id]
         ring = self._writable_keyring()
         self._save_keyring(ring)
-        register = self.read_register(dataset)
+        register = self.registry.without_withdrawn(  # records withdrawn by a dispute
+            dataset_id, self.read_register(dataset), ring.handle_key(dataset_id)
+        )
         (self.root / dataset_id).mkdir(parents=True, exist_ok=True)
         write_rejects(self.root / dataset_id / "rejects.csv", register.rejects)
         epoch, _ = ring.current(dataset_id)
@@ -159,7 +166,8 @@ class NodeState:
         cache = OutputCache(epoch_dir / "outputs.sqlite", ring.handle_key(dataset_id))
         reports = []
         try:
-            for fields in sorted(self.config.profiles(dataset_id), key=profile_name):
+            profiles = self.registry.profiles(self.config, dataset_id)
+            for fields in sorted(profiles, key=profile_name):
                 reports.append(
                     self._build_profile(register, ring, dataset_id, epoch, fields, cache, progress)
                 )

@@ -9,7 +9,8 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from nodes.department import OutputCache, build_dataset_table, evaluate_people, server_key
+from nodes.cache import OutputCache
+from nodes.department import build_dataset_table, evaluate_people, server_key
 from nodes.register import csv_rows, read_rows
 from psi.ids import check_character
 from psi.keys import KeyRing

@@ -107,9 +107,9 @@ def test_messages_round_trip():
     assert messages[4].WhichOneof("chunk") == "data"
 
 
-def test_service_has_the_five_methods():
+def test_service_has_the_query_methods():
     methods = pb.DESCRIPTOR.services_by_name["DepartmentNode"].methods_by_name
-    assert set(methods) == {"GetCatalogue", "OpenSession", "Evaluate", "FetchTable", "CloseSession"}
+    assert {"GetCatalogue", "OpenSession", "Evaluate", "FetchTable", "CloseSession"} <= set(methods)
     assert methods["Evaluate"].client_streaming and methods["Evaluate"].server_streaming
     assert methods["FetchTable"].server_streaming and not methods["FetchTable"].client_streaming
     assert hasattr(pb_grpc, "DepartmentNodeStub")

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from nodes.commands.node_admin import add_actions
 from nodes.config import load_node_config
 from nodes.node import start_node
 from nodes.progress import progress
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 type=Path,
                 help="write the port actually bound here (for --listen port 0)",
             )
+    add_actions(actions)  # catalog, disputes: nodes/commands/node_admin.py
 
 
 def _datasets(state: NodeState, chosen: list[str] | None) -> list[str]:

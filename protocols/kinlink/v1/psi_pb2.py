@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotocols/kinlink/v1/psi.proto\x12\nkinlink.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x10\x43\x61talogueRequest\x12\x13\n\x0b\x64\x61taset_ids\x18\x01 \x03(\t\"^\n\tCatalogue\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\r\x12%\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x13.kinlink.v1.Dataset\"\x89\x02\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x14\n\x0cstatus_codes\x18\x03 \x03(\t\x12\x14\n\x0clabel_fields\x18\x04 \x03(\t\x12\x13\n\x0blegal_basis\x18\x05 \x01(\t\x12\x18\n\x10update_frequency\x18\x06 \x01(\t\x12\x18\n\x10responsible_unit\x18\x07 \x01(\t\x12\x11\n\tkey_epoch\x18\x08 \x01(\r\x12\x15\n\rtable_version\x18\t \x01(\x04\x12\x12\n\ntable_size\x18\n \x01(\x04\x12\x18\n\x10\x61llowed_purposes\x18\x0b \x03(\t\x12\x0e\n\x06suites\x18\x0c \x03(\t\"\xb6\x01\n\x12OpenSessionRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x03 \x01(\t\x12\x15\n\relement_count\x18\x04 \x01(\x04\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x11\n\tkey_epoch\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\rJ\x04\x08\x08\x10\tR\x04mode\"\x98\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x11\n\tkey_epoch\x18\x03 \x01(\r\x12\r\n\x05suite\x18\x04 \x01(\t\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\x1e\n\x16max_elements_per_chunk\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10protocol_version\x18\t \x01(\r\x12\x15\n\relement_count\x18\n \x01(\x04J\x04\x08\x0b\x10\x0cR\npublic_key\"V\n\rEvaluateChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x10\n\x08\x65lements\x18\x04 \x01(\x0c\"P\n\x0e\x45valuatedChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x10\n\x08\x65lements\x18\x03 \x01(\x0cJ\x04\x08\x04\x10\x05R\x05proof\"\x80\x01\n\x11\x46\x65tchTableRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\tkey_epoch\x18\x02 \x01(\r\x12\x15\n\rsince_version\x18\x03 \x01(\x04\x12\x14\n\x0cpurpose_code\x18\x04 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x05 \x01(\t\"P\n\nTableChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.kinlink.v1.TableHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"\xd0\x01\n\x0bTableHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x11\n\tkey_epoch\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x04\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\x04\x12\x12\n\nlabel_size\x18\x07 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06sha256\x18\t \x01(\x0c\x12\r\n\x05suite\x18\n \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xce\x03\n\x0eSessionReceipt\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\ndataset_id\x18\x04 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x05 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x06 \x01(\t\x12\x11\n\tkey_epoch\x18\x07 \x01(\r\x12\x15\n\rtable_version\x18\x08 \x01(\x04\x12\x19\n\x11\x65lements_declared\x18\t \x01(\x04\x12\x1a\n\x12\x65lements_evaluated\x18\n \x01(\x04\x12\x18\n\x10\x63hunks_evaluated\x18\x0b \x01(\x04\x12-\n\topened_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftranscript_hash\x18\x0e \x01(\x0c\x12\x11\n\tsignature\x18\x0f \x01(\x0cJ\x04\x08\x10\x10\x13R\x13signature_algorithmR\x0esigning_key_idR\x11\x63\x65rtificate_chain2\xf4\x02\n\x0e\x44\x65partmentNode\x12\x43\n\x0cGetCatalogue\x12\x1c.kinlink.v1.CatalogueRequest\x1a\x15.kinlink.v1.Catalogue\x12\x42\n\x0bOpenSession\x12\x1e.kinlink.v1.OpenSessionRequest\x1a\x13.kinlink.v1.Session\x12\x45\n\x08\x45valuate\x12\x19.kinlink.v1.EvaluateChunk\x1a\x1a.kinlink.v1.EvaluatedChunk(\x01\x30\x01\x12\x45\n\nFetchTable\x12\x1d.kinlink.v1.FetchTableRequest\x1a\x16.kinlink.v1.TableChunk0\x01\x12K\n\x0c\x43loseSession\x12\x1f.kinlink.v1.CloseSessionRequest\x1a\x1a.kinlink.v1.SessionReceiptB\x82\x01\n\x0eorg.kinlink.v1B\x08PsiProtoP\x01Z6github.com/kinlink/kinlink/gen/go/kinlink/v1;kinlinkv1\xa2\x02\x03KLX\xaa\x02\nKinlink.V1\xca\x02\nKinlink\\V1\xea\x02\x0bKinlink::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotocols/kinlink/v1/psi.proto\x12\nkinlink.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x10\x43\x61talogueRequest\x12\x13\n\x0b\x64\x61taset_ids\x18\x01 \x03(\t\"y\n\tCatalogue\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\r\x12%\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x13.kinlink.v1.Dataset\x12\x19\n\x11\x63\x61talogue_version\x18\x04 \x01(\x04\"\x89\x02\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x14\n\x0cstatus_codes\x18\x03 \x03(\t\x12\x14\n\x0clabel_fields\x18\x04 \x03(\t\x12\x13\n\x0blegal_basis\x18\x05 \x01(\t\x12\x18\n\x10update_frequency\x18\x06 \x01(\t\x12\x18\n\x10responsible_unit\x18\x07 \x01(\t\x12\x11\n\tkey_epoch\x18\x08 \x01(\r\x12\x15\n\rtable_version\x18\t \x01(\x04\x12\x12\n\ntable_size\x18\n \x01(\x04\x12\x18\n\x10\x61llowed_purposes\x18\x0b \x03(\t\x12\x0e\n\x06suites\x18\x0c \x03(\t\"\xb6\x01\n\x12OpenSessionRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x03 \x01(\t\x12\x15\n\relement_count\x18\x04 \x01(\x04\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x11\n\tkey_epoch\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\rJ\x04\x08\x08\x10\tR\x04mode\"\x98\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x11\n\tkey_epoch\x18\x03 \x01(\r\x12\r\n\x05suite\x18\x04 \x01(\t\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\x1e\n\x16max_elements_per_chunk\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10protocol_version\x18\t \x01(\r\x12\x15\n\relement_count\x18\n \x01(\x04J\x04\x08\x0b\x10\x0cR\npublic_key\"V\n\rEvaluateChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x10\n\x08\x65lements\x18\x04 \x01(\x0c\"P\n\x0e\x45valuatedChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x10\n\x08\x65lements\x18\x03 \x01(\x0cJ\x04\x08\x04\x10\x05R\x05proof\"\x80\x01\n\x11\x46\x65tchTableRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\tkey_epoch\x18\x02 \x01(\r\x12\x15\n\rsince_version\x18\x03 \x01(\x04\x12\x14\n\x0cpurpose_code\x18\x04 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x05 \x01(\t\"P\n\nTableChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.kinlink.v1.TableHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"\xd0\x01\n\x0bTableHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x11\n\tkey_epoch\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x04\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\x04\x12\x12\n\nlabel_size\x18\x07 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06sha256\x18\t \x01(\x0c\x12\r\n\x05suite\x18\n \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xce\x03\n\x0eSessionReceipt\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\ndataset_id\x18\x04 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x05 \x01(\t\x12\x17\n\x0flegal_basis_ref\x18\x06 \x01(\t\x12\x11\n\tkey_epoch\x18\x07 \x01(\r\x12\x15\n\rtable_version\x18\x08 \x01(\x04\x12\x19\n\x11\x65lements_declared\x18\t \x01(\x04\x12\x1a\n\x12\x65lements_evaluated\x18\n \x01(\x04\x12\x18\n\x10\x63hunks_evaluated\x18\x0b \x01(\x04\x12-\n\topened_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftranscript_hash\x18\x0e \x01(\x0c\x12\x11\n\tsignature\x18\x0f \x01(\x0cJ\x04\x08\x10\x10\x13R\x13signature_algorithmR\x0esigning_key_idR\x11\x63\x65rtificate_chain\"\x94\x01\n\rAccessRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x14\n\x0clabel_fields\x18\x03 \x03(\t\x12\x17\n\x0f\x65xpected_volume\x18\x04 \x01(\x04\x12\x17\n\x0flegal_basis_ref\x18\x05 \x01(\t\x12\x15\n\rjustification\x18\x06 \x01(\t\"\xe9\x02\n\x13\x41\x63\x63\x65ssRequestStatus\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x10\n\x08purposes\x18\x03 \x03(\t\x12\x14\n\x0clabel_fields\x18\x04 \x03(\t\x12\x17\n\x0f\x65xpected_volume\x18\x05 \x01(\x04\x12\x17\n\x0flegal_basis_ref\x18\x06 \x01(\t\x12\x15\n\rjustification\x18\x07 \x01(\t\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.kinlink.v1.RequestStatus\x12,\n\x08\x66iled_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdecision_note\x18\x0b \x01(\t\x12\x19\n\x11\x63\x61talogue_version\x18\x0c \x01(\x04\"0\n\x19ListAccessRequestsRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\x04\"F\n\x11\x41\x63\x63\x65ssRequestList\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.kinlink.v1.AccessRequestStatus\"a\n\x0e\x44isputeRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x15\n\rrecord_handle\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x65vidence_ref\x18\x04 \x01(\t\"\x92\x02\n\x07\x44ispute\x12\x12\n\ndispute_id\x18\x01 \x01(\x04\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x15\n\rrecord_handle\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x65vidence_ref\x18\x05 \x01(\t\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.kinlink.v1.DisputeStatus\x12-\n\traised_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fresolution_note\x18\t \x01(\t\"*\n\x13ListDisputesRequest\x12\x13\n\x0b\x64ispute_ids\x18\x01 \x03(\x04\"4\n\x0b\x44isputeList\x12%\n\x08\x64isputes\x18\x01 \x03(\x0b\x32\x13.kinlink.v1.Dispute*\x85\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATUS_PENDING\x10\x01\x12\x1b\n\x17REQUEST_STATUS_APPROVED\x10\x02\x12\x1b\n\x17REQUEST_STATUS_REJECTED\x10\x03*\xa2\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\x1c\n\x18\x44ISPUTE_STATUS_CONFIRMED\x10\x02\x12\x1c\n\x18\x44ISPUTE_STATUS_CORRECTED\x10\x03\x12\x1c\n\x18\x44ISPUTE_STATUS_WITHDRAWN\x10\x04\x32\xa8\x05\n\x0e\x44\x65partmentNode\x12\x43\n\x0cGetCatalogue\x12\x1c.kinlink.v1.CatalogueRequest\x1a\x15.kinlink.v1.Catalogue\x12\x42\n\x0bOpenSession\x12\x1e.kinlink.v1.OpenSessionRequest\x1a\x13.kinlink.v1.Session\x12\x45\n\x08\x45valuate\x12\x19.kinlink.v1.EvaluateChunk\x1a\x1a.kinlink.v1.EvaluatedChunk(\x01\x30\x01\x12\x45\n\nFetchTable\x12\x1d.kinlink.v1.FetchTableRequest\x1a\x16.kinlink.v1.TableChunk0\x01\x12K\n\x0c\x43loseSession\x12\x1f.kinlink.v1.CloseSessionRequest\x1a\x1a.kinlink.v1.SessionReceipt\x12K\n\rRequestAccess\x12\x19.kinlink.v1.AccessRequest\x1a\x1f.kinlink.v1.AccessRequestStatus\x12Z\n\x12ListAccessRequests\x12%.kinlink.v1.ListAccessRequestsRequest\x1a\x1d.kinlink.v1.AccessRequestList\x12?\n\x0cRaiseDispute\x12\x1a.kinlink.v1.DisputeRequest\x1a\x13.kinlink.v1.Dispute\x12H\n\x0cListDisputes\x12\x1f.kinlink.v1.ListDisputesRequest\x1a\x17.kinlink.v1.DisputeListB\x82\x01\n\x0eorg.kinlink.v1B\x08PsiProtoP\x01Z6github.com/kinlink/kinlink/gen/go/kinlink/v1;kinlinkv1\xa2\x02\x03KLX\xaa\x02\nKinlink.V1\xca\x02\nKinlink\\V1\xea\x02\x0bKinlink::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,50 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protocols.kinlink.v1.psi_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016org.kinlink.v1B\010PsiProtoP\001Z6github.com/kinlink/kinlink/gen/go/kinlink/v1;kinlinkv1\242\002\003KLX\252\002\nKinlink.V1\312\002\nKinlink\\V1\352\002\013Kinlink::V1'
+  _globals['_REQUESTSTATUS']._serialized_start=3193
+  _globals['_REQUESTSTATUS']._serialized_end=3326
+  _globals['_DISPUTESTATUS']._serialized_start=3329
+  _globals['_DISPUTESTATUS']._serialized_end=3491
   _globals['_CATALOGUEREQUEST']._serialized_start=79
   _globals['_CATALOGUEREQUEST']._serialized_end=118
   _globals['_CATALOGUE']._serialized_start=120
-  _globals['_CATALOGUE']._serialized_end=214
-  _globals['_DATASET']._serialized_start=217
-  _globals['_DATASET']._serialized_end=482
-  _globals['_OPENSESSIONREQUEST']._serialized_start=485
-  _globals['_OPENSESSIONREQUEST']._serialized_end=667
-  _globals['_SESSION']._serialized_start=670
-  _globals['_SESSION']._serialized_end=950
-  _globals['_EVALUATECHUNK']._serialized_start=952
-  _globals['_EVALUATECHUNK']._serialized_end=1038
-  _globals['_EVALUATEDCHUNK']._serialized_start=1040
-  _globals['_EVALUATEDCHUNK']._serialized_end=1120
-  _globals['_FETCHTABLEREQUEST']._serialized_start=1123
-  _globals['_FETCHTABLEREQUEST']._serialized_end=1251
-  _globals['_TABLECHUNK']._serialized_start=1253
-  _globals['_TABLECHUNK']._serialized_end=1333
-  _globals['_TABLEHEADER']._serialized_start=1336
-  _globals['_TABLEHEADER']._serialized_end=1544
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1546
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1587
-  _globals['_SESSIONRECEIPT']._serialized_start=1590
-  _globals['_SESSIONRECEIPT']._serialized_end=2052
-  _globals['_DEPARTMENTNODE']._serialized_start=2055
-  _globals['_DEPARTMENTNODE']._serialized_end=2427
+  _globals['_CATALOGUE']._serialized_end=241
+  _globals['_DATASET']._serialized_start=244
+  _globals['_DATASET']._serialized_end=509
+  _globals['_OPENSESSIONREQUEST']._serialized_start=512
+  _globals['_OPENSESSIONREQUEST']._serialized_end=694
+  _globals['_SESSION']._serialized_start=697
+  _globals['_SESSION']._serialized_end=977
+  _globals['_EVALUATECHUNK']._serialized_start=979
+  _globals['_EVALUATECHUNK']._serialized_end=1065
+  _globals['_EVALUATEDCHUNK']._serialized_start=1067
+  _globals['_EVALUATEDCHUNK']._serialized_end=1147
+  _globals['_FETCHTABLEREQUEST']._serialized_start=1150
+  _globals['_FETCHTABLEREQUEST']._serialized_end=1278
+  _globals['_TABLECHUNK']._serialized_start=1280
+  _globals['_TABLECHUNK']._serialized_end=1360
+  _globals['_TABLEHEADER']._serialized_start=1363
+  _globals['_TABLEHEADER']._serialized_end=1571
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1573
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1614
+  _globals['_SESSIONRECEIPT']._serialized_start=1617
+  _globals['_SESSIONRECEIPT']._serialized_end=2079
+  _globals['_ACCESSREQUEST']._serialized_start=2082
+  _globals['_ACCESSREQUEST']._serialized_end=2230
+  _globals['_ACCESSREQUESTSTATUS']._serialized_start=2233
+  _globals['_ACCESSREQUESTSTATUS']._serialized_end=2594
+  _globals['_LISTACCESSREQUESTSREQUEST']._serialized_start=2596
+  _globals['_LISTACCESSREQUESTSREQUEST']._serialized_end=2644
+  _globals['_ACCESSREQUESTLIST']._serialized_start=2646
+  _globals['_ACCESSREQUESTLIST']._serialized_end=2716
+  _globals['_DISPUTEREQUEST']._serialized_start=2718
+  _globals['_DISPUTEREQUEST']._serialized_end=2815
+  _globals['_DISPUTE']._serialized_start=2818
+  _globals['_DISPUTE']._serialized_end=3092
+  _globals['_LISTDISPUTESREQUEST']._serialized_start=3094
+  _globals['_LISTDISPUTESREQUEST']._serialized_end=3136
+  _globals['_DISPUTELIST']._serialized_start=3138
+  _globals['_DISPUTELIST']._serialized_end=3190
+  _globals['_DEPARTMENTNODE']._serialized_start=3494
+  _globals['_DEPARTMENTNODE']._serialized_end=4174
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,36 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_STATUS_UNSPECIFIED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_PENDING: _ClassVar[RequestStatus]
+    REQUEST_STATUS_APPROVED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_REJECTED: _ClassVar[RequestStatus]
+
+class DisputeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISPUTE_STATUS_UNSPECIFIED: _ClassVar[DisputeStatus]
+    DISPUTE_STATUS_OPEN: _ClassVar[DisputeStatus]
+    DISPUTE_STATUS_CONFIRMED: _ClassVar[DisputeStatus]
+    DISPUTE_STATUS_CORRECTED: _ClassVar[DisputeStatus]
+    DISPUTE_STATUS_WITHDRAWN: _ClassVar[DisputeStatus]
+REQUEST_STATUS_UNSPECIFIED: RequestStatus
+REQUEST_STATUS_PENDING: RequestStatus
+REQUEST_STATUS_APPROVED: RequestStatus
+REQUEST_STATUS_REJECTED: RequestStatus
+DISPUTE_STATUS_UNSPECIFIED: DisputeStatus
+DISPUTE_STATUS_OPEN: DisputeStatus
+DISPUTE_STATUS_CONFIRMED: DisputeStatus
+DISPUTE_STATUS_CORRECTED: DisputeStatus
+DISPUTE_STATUS_WITHDRAWN: DisputeStatus
 
 class CatalogueRequest(_message.Message):
     __slots__ = ("dataset_ids",)
@@ -14,14 +39,16 @@ class CatalogueRequest(_message.Message):
     def __init__(self, dataset_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Catalogue(_message.Message):
-    __slots__ = ("node_id", "protocol_versions", "datasets")
+    __slots__ = ("node_id", "protocol_versions", "datasets", "catalogue_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     protocol_versions: _containers.RepeatedScalarFieldContainer[int]
     datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
-    def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+    catalogue_version: int
+    def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("dataset_id", "title", "status_codes", "label_fields", "legal_basis", "update_frequency", "responsible_unit", "key_epoch", "table_version", "table_size", "allowed_purposes", "suites")
@@ -200,3 +227,105 @@ class SessionReceipt(_message.Message):
     transcript_hash: bytes
     signature: bytes
     def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., client_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., elements_declared: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ..., opened_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., transcript_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class AccessRequest(_message.Message):
+    __slots__ = ("dataset_id", "purposes", "label_fields", "expected_volume", "legal_basis_ref", "justification")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    JUSTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    label_fields: _containers.RepeatedScalarFieldContainer[str]
+    expected_volume: int
+    legal_basis_ref: str
+    justification: str
+    def __init__(self, dataset_id: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., label_fields: _Optional[_Iterable[str]] = ..., expected_volume: _Optional[int] = ..., legal_basis_ref: _Optional[str] = ..., justification: _Optional[str] = ...) -> None: ...
+
+class AccessRequestStatus(_message.Message):
+    __slots__ = ("request_id", "dataset_id", "purposes", "label_fields", "expected_volume", "legal_basis_ref", "justification", "status", "filed_at", "decided_at", "decision_note", "catalogue_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    JUSTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FILED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_NOTE_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    dataset_id: str
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    label_fields: _containers.RepeatedScalarFieldContainer[str]
+    expected_volume: int
+    legal_basis_ref: str
+    justification: str
+    status: RequestStatus
+    filed_at: _timestamp_pb2.Timestamp
+    decided_at: _timestamp_pb2.Timestamp
+    decision_note: str
+    catalogue_version: int
+    def __init__(self, request_id: _Optional[int] = ..., dataset_id: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., label_fields: _Optional[_Iterable[str]] = ..., expected_volume: _Optional[int] = ..., legal_basis_ref: _Optional[str] = ..., justification: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., filed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., decided_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., decision_note: _Optional[str] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
+
+class ListAccessRequestsRequest(_message.Message):
+    __slots__ = ("request_ids",)
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AccessRequestList(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[AccessRequestStatus]
+    def __init__(self, requests: _Optional[_Iterable[_Union[AccessRequestStatus, _Mapping]]] = ...) -> None: ...
+
+class DisputeRequest(_message.Message):
+    __slots__ = ("dataset_id", "record_handle", "reason", "evidence_ref")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REF_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    record_handle: bytes
+    reason: str
+    evidence_ref: str
+    def __init__(self, dataset_id: _Optional[str] = ..., record_handle: _Optional[bytes] = ..., reason: _Optional[str] = ..., evidence_ref: _Optional[str] = ...) -> None: ...
+
+class Dispute(_message.Message):
+    __slots__ = ("dispute_id", "dataset_id", "record_handle", "reason", "evidence_ref", "status", "raised_at", "resolved_at", "resolution_note")
+    DISPUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REF_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_NOTE_FIELD_NUMBER: _ClassVar[int]
+    dispute_id: int
+    dataset_id: str
+    record_handle: bytes
+    reason: str
+    evidence_ref: str
+    status: DisputeStatus
+    raised_at: _timestamp_pb2.Timestamp
+    resolved_at: _timestamp_pb2.Timestamp
+    resolution_note: str
+    def __init__(self, dispute_id: _Optional[int] = ..., dataset_id: _Optional[str] = ..., record_handle: _Optional[bytes] = ..., reason: _Optional[str] = ..., evidence_ref: _Optional[str] = ..., status: _Optional[_Union[DisputeStatus, str]] = ..., raised_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., resolution_note: _Optional[str] = ...) -> None: ...
+
+class ListDisputesRequest(_message.Message):
+    __slots__ = ("dispute_ids",)
+    DISPUTE_IDS_FIELD_NUMBER: _ClassVar[int]
+    dispute_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dispute_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DisputeList(_message.Message):
+    __slots__ = ("disputes",)
+    DISPUTES_FIELD_NUMBER: _ClassVar[int]
+    disputes: _containers.RepeatedCompositeFieldContainer[Dispute]
+    def __init__(self, disputes: _Optional[_Iterable[_Union[Dispute, _Mapping]]] = ...) -> None: ...

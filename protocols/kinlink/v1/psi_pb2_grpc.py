@@ -60,6 +60,26 @@ class DepartmentNodeStub(object):
                 request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.FromString,
                 _registered_method=True)
+        self.RequestAccess = channel.unary_unary(
+                '/kinlink.v1.DepartmentNode/RequestAccess',
+                request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequest.SerializeToString,
+                response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestStatus.FromString,
+                _registered_method=True)
+        self.ListAccessRequests = channel.unary_unary(
+                '/kinlink.v1.DepartmentNode/ListAccessRequests',
+                request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListAccessRequestsRequest.SerializeToString,
+                response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestList.FromString,
+                _registered_method=True)
+        self.RaiseDispute = channel.unary_unary(
+                '/kinlink.v1.DepartmentNode/RaiseDispute',
+                request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeRequest.SerializeToString,
+                response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.Dispute.FromString,
+                _registered_method=True)
+        self.ListDisputes = channel.unary_unary(
+                '/kinlink.v1.DepartmentNode/ListDisputes',
+                request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListDisputesRequest.SerializeToString,
+                response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeList.FromString,
+                _registered_method=True)
 
 
 class DepartmentNodeServicer(object):
@@ -106,6 +126,39 @@ class DepartmentNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestAccess(self, request, context):
+        """Asks for access outside the catalogue (POLICY.md mechanism 4: needs outside the catalogue
+        are negotiated, then added). Stored durably as pending until the node operator decides;
+        approval adds a grant and raises Catalogue.catalogue_version. A second pending request for
+        the same dataset is refused with ALREADY_EXISTS, so a retried call never files twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessRequests(self, request, context):
+        """The calling client's own access requests and their decisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RaiseDispute(self, request, context):
+        """Reports a record the client doubts or finds wrong, by its handle, for the department to
+        verify (POLICY.md mechanism 5). A second open dispute of the same client on the same record
+        is refused with ALREADY_EXISTS, so a retried call never raises two.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDisputes(self, request, context):
+        """The calling client's own disputes, with the department's resolution once there is one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DepartmentNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +186,26 @@ def add_DepartmentNodeServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.FromString,
                     response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.SerializeToString,
+            ),
+            'RequestAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestAccess,
+                    request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequest.FromString,
+                    response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestStatus.SerializeToString,
+            ),
+            'ListAccessRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessRequests,
+                    request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListAccessRequestsRequest.FromString,
+                    response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestList.SerializeToString,
+            ),
+            'RaiseDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaiseDispute,
+                    request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeRequest.FromString,
+                    response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.Dispute.SerializeToString,
+            ),
+            'ListDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisputes,
+                    request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListDisputesRequest.FromString,
+                    response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +344,114 @@ class DepartmentNode(object):
             '/kinlink.v1.DepartmentNode/CloseSession',
             protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.SerializeToString,
             protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kinlink.v1.DepartmentNode/RequestAccess',
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequest.SerializeToString,
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kinlink.v1.DepartmentNode/ListAccessRequests',
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListAccessRequestsRequest.SerializeToString,
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequestList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RaiseDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kinlink.v1.DepartmentNode/RaiseDispute',
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeRequest.SerializeToString,
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.Dispute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kinlink.v1.DepartmentNode/ListDisputes',
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.ListDisputesRequest.SerializeToString,
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.DisputeList.FromString,
             options,
             channel_credentials,
             insecure,
