@@ -18,7 +18,6 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -28,21 +27,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodes.client import CALL_TIMEOUT, Client
 from nodes.config import FederationConfig, Grant, NodeConfig
-from nodes.registry import (
-    AccessRecord,
-    Conflict,
-    DisputeRecord,
-    NotFound,
-    Registry,
-    connect,
-    transaction,
-)
+from nodes.registry import AccessRecord, Conflict, DisputeRecord, NotFound, Registry, Store
 from nodes.tls import Peer
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from psi.errors import InputError
 from psi.labels import FIELDS, HANDLE_BYTES
 
 MAX_TEXT = 1000  # characters of one free-text field
+MAX_VOLUME = 10**9  # identifiers a month: about every plausible number of a province's adults
 UNDER_VERIFICATION = "under_verification"  # open dispute, no legal proof recorded
 PROOF_SHOWN = "proof_shown"  # open dispute, the caseworker saw valid legal proof
 
@@ -197,6 +189,8 @@ class AccountabilityServicer:
         try:
             purposes = check_purposes(request.purposes)
             fields = check_fields(request.label_fields)
+            if request.expected_volume > MAX_VOLUME:
+                raise InputError(f"expected_volume is over {MAX_VOLUME} identifiers a month")
             legal_basis_ref = check_text("legal_basis_ref", request.legal_basis_ref)
             justification = check_text("justification", request.justification)
         except InputError as exc:
@@ -347,14 +341,11 @@ class DisputeCases:
     reading them needs no node."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self._store = Store(path, _CASES_SCHEMA)
 
     @classmethod
     def of(cls, federation: FederationConfig) -> DisputeCases:
         return cls(federation.cache / "disputes.sqlite")
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.path, _CASES_SCHEMA)
 
     def record(self, node: str, disputes: Iterable[psi_pb2.Dispute]) -> None:
         """Add disputes as the node describes them, or bring known ones up to date."""
@@ -373,7 +364,7 @@ class DisputeCases:
             )
             for d in disputes
         ]
-        with self._db() as db, transaction(db):
+        with self._store.transaction() as db:
             db.executemany(
                 f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                 "NULL, NULL) ON CONFLICT (node, dispute_id) DO UPDATE SET status = "
@@ -383,14 +374,14 @@ class DisputeCases:
             )
 
     def case(self, node: str, dispute_id: int) -> Case:
-        with self._db() as db:
+        with self._store.connection() as db:
             return self._case(db, node, dispute_id)
 
     def proof(self, node: str, dispute_id: int, note: str) -> Case:
         """Record that the caseworker saw valid legal proof: the case proceeds as normal while
         the department verifies (POLICY.md 5)."""
         note = check_text("note", note)
-        with self._db() as db, transaction(db):
+        with self._store.transaction() as db:
             case = self._case(db, node, dispute_id)
             if case.status != "open":
                 raise InputError(
@@ -414,7 +405,7 @@ class DisputeCases:
 
     def cases(self, node: str | None = None) -> list[Case]:
         """Every case, or one node's, oldest first."""
-        with self._db() as db:
+        with self._store.connection() as db:
             return self._cases(db, "node = ?", (node,)) if node else self._cases(db)
 
     @staticmethod
@@ -433,7 +424,7 @@ class DisputeCases:
         Handles never disputed are absent."""
         asked = list(dict.fromkeys(handles))
         states: dict[bytes, str] = {}
-        with self._db() as db:
+        with self._store.connection() as db:
             for lo in range(0, len(asked), 500):
                 part = asked[lo : lo + 500]
                 marks = ",".join("?" * len(part))

@@ -15,6 +15,7 @@ resolves each record handle to the department's own record reference, which need
 from __future__ import annotations
 
 import argparse
+from dataclasses import astuple
 from pathlib import Path
 
 from nodes.accountability import check_text, dispute_message, request_message
@@ -27,7 +28,7 @@ from nodes.state import NodeState, profile_name
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
 from psi.labels import resolve_handles
 
-NEXT_BUILD = {
+AFTER_RESOLUTION = {
     "confirmed": "the record stands; nothing changes",
     "corrected": "correct the record in the source register, then run `psi node build --config "
     "{config}`: the next table version carries the correction",
@@ -88,12 +89,8 @@ def run_approve(args: argparse.Namespace) -> int:
     given = Limits(args.per_session, args.per_day, args.per_epoch)
     approval = Registry(config.state).approve(args.id, config, given)
     grant, request = approval.grant, approval.request
-    limits = ", ".join(
-        f"{name} {'unlimited' if value is None else value}"
-        for name, value in zip(
-            ("per session", "per day", "per epoch"), vars(grant.limits).values(), strict=True
-        )
-    )
+    windows = zip(("session", "day", "epoch"), astuple(grant.limits), strict=True)
+    limits = ", ".join(f"per {w} {'unlimited' if n is None else n}" for w, n in windows)
     print(
         f"request {request.id} approved: {grant.client} may query {request.dataset} for "
         f"{', '.join(grant.purposes)}, reading {', '.join(sorted(grant.fields))}; budget "
@@ -145,6 +142,6 @@ def run_resolve(args: argparse.Namespace) -> int:
     dispute = Registry(config.state).resolve(args.id, args.outcome, check_text("note", args.note))
     print(
         f"dispute {dispute.id} resolved as {dispute.status}: "
-        + NEXT_BUILD[dispute.status].format(config=args.config)
+        + AFTER_RESOLUTION[dispute.status].format(config=args.config)
     )
     return 0
