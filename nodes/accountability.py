@@ -13,7 +13,6 @@ identity number: a dispute names its record by the handle, which only the depart
 
 from __future__ import annotations
 
-import logging
 import re
 import sqlite3
 import time
@@ -31,6 +30,7 @@ from nodes.registry import AccessRecord, Conflict, DisputeRecord, NotFound, Regi
 from nodes.tls import Peer
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from psi.errors import InputError
+from psi.ids import contains_identifier
 from psi.labels import FIELDS, HANDLE_BYTES
 
 MAX_TEXT = 1000  # characters of one free-text field
@@ -39,10 +39,8 @@ UNDER_VERIFICATION = "under_verification"  # open dispute, no legal proof record
 PROOF_SHOWN = "proof_shown"  # open dispute, the caseworker saw valid legal proof
 
 _CODE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-_LONG_NUMBER = re.compile(r"\d(?:[\s-]?\d){14}")  # 15 digits or more: an identity number, a card
 _REQUEST_PREFIX, _DISPUTE_PREFIX = "REQUEST_STATUS_", "DISPUTE_STATUS_"
 
-log = logging.getLogger("kinlink.node")
 
 T = TypeVar("T")
 
@@ -56,7 +54,7 @@ def check_text(name: str, value: str) -> str:
         raise InputError(f"{name} is required")
     if len(value) > MAX_TEXT:
         raise InputError(f"{name} is {len(value)} characters; at most {MAX_TEXT}")
-    if _LONG_NUMBER.search(value):
+    if contains_identifier(value):
         raise InputError(
             f"{name} seems to hold an identity or card number; leave it out (a dispute names its "
             "record by the handle, which only the department can resolve)"
@@ -168,6 +166,7 @@ class AccountabilityServicer:
     config: NodeConfig
     registry: Registry
     _peer: Callable[[grpc.ServicerContext], Peer]
+    _record: Callable[[dict], None]
 
     def _grant_for(self, client: str, dataset: str) -> Grant | None:
         """The grant in force: node.toml's, or a later approval (nodes.registry)."""
@@ -214,11 +213,14 @@ class AccountabilityServicer:
             )
         except Conflict as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        log.info(
-            "catalogue_request client=%s dataset=%s request=%d",
-            peer.common_name,
-            record.dataset,
-            record.id,
+        self._record(
+            {
+                "event": "catalogue_request",
+                "peer": {"cn": peer.common_name},
+                "dataset": record.dataset,
+                "outcome": "pending",
+                "detail": f"request {record.id}",
+            }
         )
         return request_message(record)
 
@@ -238,11 +240,6 @@ class AccountabilityServicer:
         peer = self._peer(context)
         self._known_dataset(context, request.dataset_id)
         if self._grant_for(peer.common_name, request.dataset_id) is None:
-            log.info(
-                "dispute_refused client=%s dataset=%s reason=no-grant",
-                peer.common_name,
-                request.dataset_id,
-            )
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"client {peer.common_name!r} is not granted dataset {request.dataset_id!r}, so "
@@ -264,11 +261,14 @@ class AccountabilityServicer:
             )
         except Conflict as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        log.info(
-            "dispute_raised client=%s dataset=%s dispute=%d",
-            peer.common_name,
-            record.dataset,
-            record.id,
+        self._record(
+            {
+                "event": "dispute_raised",
+                "peer": {"cn": peer.common_name},
+                "dataset": record.dataset,
+                "outcome": "open",
+                "detail": f"dispute {record.id}",
+            }
         )
         return dispute_message(record)
 
@@ -474,7 +474,18 @@ class AccountabilityClient:
             legal_basis_ref=check_text("legal basis reference", legal_basis_ref),
             justification=check_text("justification", justification),
         )
-        return self._rpc(node, lambda s: s.RequestAccess(message, timeout=CALL_TIMEOUT))
+        status = self._rpc(node, lambda s: s.RequestAccess(message, timeout=CALL_TIMEOUT))
+        self.client._record(
+            node,
+            {
+                "event": "catalogue_request",
+                "dataset": dataset,
+                "purpose": ",".join(message.purposes),
+                "outcome": "pending",
+                "detail": f"request {status.request_id}",
+            },
+        )
+        return status
 
     def access_requests(
         self, node: str, ids: Sequence[int] = ()
@@ -495,6 +506,15 @@ class AccountabilityClient:
         )
         dispute = self._rpc(node, lambda s: s.RaiseDispute(message, timeout=CALL_TIMEOUT))
         self.cases.record(node, [dispute])
+        self.client._record(
+            node,
+            {
+                "event": "dispute_raised",
+                "dataset": dataset,
+                "outcome": "open",
+                "detail": f"dispute {dispute.dispute_id}",
+            },
+        )
         return dispute
 
     def disputes(self, node: str, ids: Sequence[int] = ()) -> list[psi_pb2.Dispute]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.audit.log import open_party_log
 from nodes.cache import OutputCache
 from nodes.config import DatasetConfig, NodeConfig
 from nodes.department import build_dataset_table
@@ -99,6 +100,11 @@ class NodeState:
         ring.save(self.keyring_path, self._passphrase)
         with self._lock:
             self._keyring = None
+
+    def _audit(self, event: dict) -> None:
+        """Record a change to what the node serves in its audit log."""
+        with open_party_log(self.root, self.config.id) as audit:
+            audit.append(event)
 
     # -- tables -----------------------------------------------------------------------------------
     def folder(self, dataset: str, epoch: int, fields: frozenset[str]) -> Path:
@@ -202,6 +208,16 @@ class NodeState:
         delta: Delta | None = diff(previous, table) if previous is not None else None
         changed = delta is None or delta.header.added or delta.header.removed
         if changed:
+            self._audit(
+                {
+                    "event": "catalogue_changed",
+                    "dataset": dataset,
+                    "key_epoch": epoch,
+                    "table_version": latest + 1,
+                    "outcome": "published",
+                    "detail": f"profile {profile_name(fields)}",
+                }
+            )
             self.folder(dataset, epoch, fields).mkdir(parents=True, exist_ok=True)
             table.save(self.table_path(dataset, epoch, fields, latest + 1))
             if delta is not None:
@@ -224,5 +240,13 @@ class NodeState:
         old, _ = ring.current(dataset_id)
         epoch = ring.rotate(dataset_id)
         self._save_keyring(ring)
+        self._audit(
+            {
+                "event": "key_rotated",
+                "dataset": dataset_id,
+                "key_epoch": epoch,
+                "detail": f"epoch {old} retired",
+            }
+        )
         shutil.rmtree(self.root / dataset_id / f"e{old}", ignore_errors=True)
         return epoch

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -436,3 +437,13 @@ def summary(result: IdColumn) -> str:
         f"{int(result.valid.sum())} valid, {int(result.blank.sum())} blank, "
         f"{len(result.rejects)} rejected" + (f" ({details})" if details else "") + "."
     )
+
+
+# 15 or more digits in a row, any script (\d matches full-width digits too), optionally split by
+# spaces or hyphens: where a full (17 digits + check) or legacy (15 digits) number may hide.
+_LOOKALIKE = re.compile(r"\d(?:[\s-]?\d){14}")
+
+
+def contains_identifier(text: str) -> bool:
+    """Whether free text may hold an identity number, so that logs and messages can refuse it."""
+    return _LOOKALIKE.search(text) is not None

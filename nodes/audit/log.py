@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from nodes.audit.merkle import Frontier, MerkleTree, leaf_hash, verify_consistency
 from psi.errors import InputError
+from psi.ids import contains_identifier
 
 FORMAT = "kinlink-audit-log/1"
 SIGN_EVERY = 1000
@@ -85,9 +86,6 @@ COUNT_FIELDS = (
 LOG_FIELDS = ("index", "time")  # set by the log, never by the caller
 FIELDS = ("event", "peer", *TEXT_FIELDS, *COUNT_FIELDS, *LOG_FIELDS)
 
-# 15+ digits in a row, any script (\d matches full-width digits too). An 18-character number is
-# 17 digits and a check character, so this also covers the "17 digits + X" form.
-_IDENTIFIER = re.compile(r"\d{15,}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 Clock = Callable[[], datetime]
@@ -107,7 +105,7 @@ def _refuse(name: str, value: object, *, digits: bool = True) -> None:
             f"field {name!r} holds bytes; the audit log stores no binary data (no elements, "
             "blinded or not)"
         )
-    if digits and isinstance(value, str | int) and _IDENTIFIER.search(str(value)):
+    if digits and isinstance(value, str | int) and contains_identifier(str(value)):
         raise ValueError(
             f"field {name!r} holds a run of 15 or more digits, which may be an identity number; "
             "the audit log never stores an identifier"
@@ -169,7 +167,7 @@ def check_entry(entry: Mapping[str, Any], *, stored: bool = True) -> None:
     if not isinstance(entry, Mapping):
         raise ValueError("an audit event is a dict")
     for name, value in entry.items():
-        if not isinstance(name, str) or _IDENTIFIER.search(name):
+        if not isinstance(name, str) or contains_identifier(name):
             raise ValueError("a field name must be text without a run of 15 or more digits")
         if name not in _CHECKS:
             raise ValueError(f"unknown field {name!r}; known: {', '.join(FIELDS)}")

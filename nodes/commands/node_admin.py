@@ -19,10 +19,11 @@ from dataclasses import astuple
 from pathlib import Path
 
 from nodes.accountability import check_text, dispute_message, request_message
+from nodes.audit.log import open_party_log
 from nodes.budgets import Limits
 from nodes.commands.catalog import count, describe_request
 from nodes.commands.disputes import describe_dispute
-from nodes.config import load_node_config
+from nodes.config import NodeConfig, load_node_config
 from nodes.registry import RESOLUTIONS, DisputeRecord, Registry
 from nodes.state import NodeState, profile_name
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
@@ -84,11 +85,28 @@ def run_catalog_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(config: NodeConfig, event: dict) -> None:
+    """Record an operator's decision in the node's own audit log (the server may be appending
+    to it at the same time; the log supports that)."""
+    with open_party_log(config.state, config.id) as audit:
+        audit.append(event)
+
+
 def run_approve(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     given = Limits(args.per_session, args.per_day, args.per_epoch)
     approval = Registry(config.state).approve(args.id, config, given)
     grant, request = approval.grant, approval.request
+    _audit(
+        config,
+        {
+            "event": "catalogue_changed",
+            "peer": {"cn": grant.client},
+            "dataset": request.dataset,
+            "outcome": "approved",
+            "detail": f"request {request.id}; catalogue version {request.catalogue_version}",
+        },
+    )
     windows = zip(("session", "day", "epoch"), astuple(grant.limits), strict=True)
     limits = ", ".join(f"per {w} {'unlimited' if n is None else n}" for w, n in windows)
     print(
@@ -108,6 +126,16 @@ def run_approve(args: argparse.Namespace) -> int:
 def run_reject(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     record = Registry(config.state).reject(args.id, check_text("reason", args.reason))
+    _audit(
+        config,
+        {
+            "event": "catalogue_request",
+            "peer": {"cn": record.client},
+            "dataset": record.dataset,
+            "outcome": "rejected",
+            "detail": f"request {record.id}",
+        },
+    )
     print(f"request {record.id} rejected; {record.client} is told: {record.note}")
     return 0
 
@@ -140,6 +168,16 @@ def run_disputes_list(args: argparse.Namespace) -> int:
 def run_resolve(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     dispute = Registry(config.state).resolve(args.id, args.outcome, check_text("note", args.note))
+    _audit(
+        config,
+        {
+            "event": "dispute_resolved",
+            "peer": {"cn": dispute.client},
+            "dataset": dispute.dataset,
+            "outcome": dispute.status,
+            "detail": f"dispute {dispute.id}",
+        },
+    )
     print(
         f"dispute {dispute.id} resolved as {dispute.status}: "
         + AFTER_RESOLUTION[dispute.status].format(config=args.config)
