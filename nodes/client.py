@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from nodes.audit.log import open_party_log
-from nodes.audit.receipts import receipt_fields
+from nodes.audit.receipts import ReceiptError, receipt_fields, verify_receipt
 from nodes.cache import OutputCache
 from nodes.config import FederationConfig
 from nodes.tls import channel_credentials
@@ -117,6 +117,7 @@ class Client:
                 handle.write(os.urandom(32))
         self._secret = secret_file.read_bytes()
         self.audit = open_party_log(config.cache, config.client)
+        self._node_keys: dict[str, bytes] = {}
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -160,10 +161,29 @@ class Client:
 
     # -- the service ----------------------------------------------------------------------------
     def catalogue(self, node: str) -> psi_pb2.Catalogue:
+        """The node's catalogue; its audit key is pinned on first sight (trust on first use,
+        or pre-seeded by placing the node's key in ``<cache>/node-keys/<node>.pem``)."""
         stub = self._stub(node)
-        return self._call(
+        catalogue = self._call(
             node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=CALL_TIMEOUT)
         )
+        self._pin(node, catalogue.audit_public_key)
+        return catalogue
+
+    def _pin(self, node: str, key: bytes) -> None:
+        path = self.config.cache / "node-keys" / f"{node}.pem"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(key)
+        elif path.read_bytes() != key:
+            raise NodeError(
+                node,
+                None,
+                f"its audit key differs from the one pinned in {path}; "
+                "if the node really changed its key, confirm it with the operator "
+                "out of band and replace that file",
+            )
+        self._node_keys[node] = key
 
     def query(
         self,
@@ -385,7 +405,18 @@ class Client:
                 psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
             ),
         )
-        self._record(node, {"event": "receipt_received", **receipt_fields(receipt)})
+        try:
+            verify_receipt(receipt, self._node_keys[node])
+        except ReceiptError as exc:
+            raise NodeError(node, None, str(exc)) from None
+        self._record(
+            node,
+            {
+                "event": "receipt_received",
+                **receipt_fields(receipt),
+                "detail": f"signed tree head of size {receipt.tree_head.size}",
+            },
+        )
         return evaluated, receipt
 
     def _table(

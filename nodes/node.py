@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nodes.accountability import AccountabilityServicer, request_hint
 from nodes.audit.log import AuditLog, check_entry, open_party_log
-from nodes.audit.receipts import receipt_fields
+from nodes.audit.receipts import receipt_fields, sign_receipt
 from nodes.budgets import BudgetExceeded, Budgets
 from nodes.config import Grant, NodeConfig
 from nodes.department import server_key
@@ -205,6 +205,7 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
             protocol_versions=SUPPORTED_PROTOCOL_VERSIONS,
             datasets=datasets,
             catalogue_version=self.registry.catalogue_version(),
+            audit_public_key=self.audit.public_key_pem,
         )
 
     def OpenSession(self, request, context):
@@ -475,7 +476,7 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
                 "outcome": "ok",
             }
         )
-        self.audit.sign_tree_head()
+        sign_receipt(receipt, self.audit, self.audit.sign_tree_head())
         return receipt
 
 

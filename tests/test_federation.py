@@ -282,3 +282,35 @@ def test_cross_check_finds_a_receipt_missing_on_one_side(city, federation, tmp_p
     check = cross_check(federation.root / "client-cache" / "audit.sqlite", node_log)
     assert not check.ok
     assert [d.kind for d in check.differences] == ["missing-at-node"]
+
+
+def test_receipts_are_signed_and_pinned(city, federation, tmp_path):
+    from nodes.audit.log import generate_key, public_key_pem
+    from nodes.audit.receipts import ReceiptError, verify_receipt
+
+    with Client(load_federation(federation.federation_file)) as client:
+        result = client.query("health", "health", ["11010519491231002X"], purpose="screening")
+        client.catalogue("prison")  # pins prison's key
+    receipt = result.receipt
+    key = (federation.root / "client-cache" / "node-keys" / "health.pem").read_bytes()
+    verify_receipt(receipt, key)
+    assert receipt.tree_head.size >= 3 and receipt.transcript_hash
+    receipt.elements_evaluated += 1
+    with pytest.raises(ReceiptError):
+        verify_receipt(receipt, key)
+    receipt.elements_evaluated -= 1
+    other = public_key_pem(generate_key(tmp_path / "other.pem"))
+    with pytest.raises(ReceiptError, match="pinned audit key"):
+        verify_receipt(receipt, other)
+
+    pinned = federation.root / "client-cache" / "node-keys" / "prison.pem"
+    original = pinned.read_bytes()
+    pinned.write_bytes(other)
+    try:
+        with (
+            Client(load_federation(federation.federation_file)) as client,
+            pytest.raises(NodeError, match="audit key differs"),
+        ):
+            client.query("prison", "prison", parents(city)[:5], purpose="screening")
+    finally:
+        pinned.write_bytes(original)

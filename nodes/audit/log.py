@@ -421,6 +421,15 @@ class AuditLog:
                 self._sign(state.frontier)
         return index
 
+    @property
+    def public_key_pem(self) -> bytes:
+        return public_key_pem(self._key)
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign with the log's key: the owner's receipts carry the same signature as its heads,
+        so one public key verifies both (callers domain-separate ``message``)."""
+        return self._key.sign(message)
+
     def sign_tree_head(self) -> TreeHead:
         """Sign and store a head over every entry so far (the node signs one per receipt)."""
         with self._transaction():

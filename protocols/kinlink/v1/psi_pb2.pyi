@@ -39,16 +39,18 @@ class CatalogueRequest(_message.Message):
     def __init__(self, dataset_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Catalogue(_message.Message):
-    __slots__ = ("node_id", "protocol_versions", "datasets", "catalogue_version")
+    __slots__ = ("node_id", "protocol_versions", "datasets", "catalogue_version", "audit_public_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     protocol_versions: _containers.RepeatedScalarFieldContainer[int]
     datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
     catalogue_version: int
-    def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
+    audit_public_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., catalogue_version: _Optional[int] = ..., audit_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("dataset_id", "title", "status_codes", "label_fields", "legal_basis", "update_frequency", "responsible_unit", "key_epoch", "table_version", "table_size", "allowed_purposes", "suites")
@@ -195,7 +197,7 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class SessionReceipt(_message.Message):
-    __slots__ = ("session_id", "node_id", "client_id", "dataset_id", "purpose_code", "legal_basis_ref", "key_epoch", "table_version", "elements_declared", "elements_evaluated", "chunks_evaluated", "opened_at", "closed_at", "transcript_hash", "signature")
+    __slots__ = ("session_id", "node_id", "client_id", "dataset_id", "purpose_code", "legal_basis_ref", "key_epoch", "table_version", "elements_declared", "elements_evaluated", "chunks_evaluated", "opened_at", "closed_at", "transcript_hash", "signature", "signature_algorithm", "signing_key_id", "tree_head")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +213,9 @@ class SessionReceipt(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_HASH_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TREE_HEAD_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: str
     client_id: str
@@ -226,7 +231,22 @@ class SessionReceipt(_message.Message):
     closed_at: _timestamp_pb2.Timestamp
     transcript_hash: bytes
     signature: bytes
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., client_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., elements_declared: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ..., opened_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., transcript_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    signature_algorithm: str
+    signing_key_id: str
+    tree_head: TreeHead
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., client_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., elements_declared: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ..., opened_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., transcript_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signature_algorithm: _Optional[str] = ..., signing_key_id: _Optional[str] = ..., tree_head: _Optional[_Union[TreeHead, _Mapping]] = ...) -> None: ...
+
+class TreeHead(_message.Message):
+    __slots__ = ("size", "root_hash", "timestamp_ms", "signature")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    root_hash: bytes
+    timestamp_ms: int
+    signature: bytes
+    def __init__(self, size: _Optional[int] = ..., root_hash: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AccessRequest(_message.Message):
     __slots__ = ("dataset_id", "purposes", "label_fields", "expected_volume", "legal_basis_ref", "justification")
