@@ -32,18 +32,13 @@ from nodes.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, chunk_elements, negotiate
 from psi.errors import InputError, KinlinkError
-from psi.labels import Label
+from psi.labels import REGISTER_COLUMNS, Label
 from psi.matching import lookup
 from psi.oprf import Oprf
 from psi.table import Delta, Table, apply
 
 MATCH_COLUMNS = (
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
+    *REGISTER_COLUMNS[:-1],
     "record_handle",
     "node",
     "dataset",

@@ -19,17 +19,9 @@ from typing import Any
 
 from psi.errors import InputError, KinlinkError, Source
 from psi.ids import Reject, mask, normalise_many
+from psi.labels import REGISTER_COLUMNS as CANONICAL
 from psi.labels import Record
 
-CANONICAL = (
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
-    "record_ref",
-)
 REQUIRED = ("id_number", "status", "record_ref")
 _CHUNK = 65_536
 

@@ -64,6 +64,17 @@ DISABILITY_KIND_CODES: Mapping[str, int] = MappingProxyType(
 DISABILITY_GRADES = range(1, 5)  # China's disability certificate grades, 1 (most severe) to 4
 
 HANDLE_BYTES = 16
+
+# A department register's canonical columns: each row becomes one Record of a label.
+REGISTER_COLUMNS = (
+    "id_number",
+    "status",
+    "start_date",
+    "end_date",
+    "disability_grade",
+    "disability_kind",
+    "record_ref",
+)
 # Optional fields in mask-bit order; "status" is always present.
 OPTIONAL_FIELDS = ("start", "end", "disability_grade", "disability_kind", "handle")
 FIELDS = frozenset(("status", *OPTIONAL_FIELDS))

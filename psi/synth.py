@@ -53,7 +53,7 @@ import numpy as np
 from psi.dates import add_months
 from psi.errors import InputError
 from psi.ids import check_characters
-from psi.labels import DISABILITY_KIND_CODES
+from psi.labels import DISABILITY_KIND_CODES, REGISTER_COLUMNS
 
 SIX_MONTHS = """A span from ``start`` lasts six months or more when its end is on or after
 ``six_months_after(start)``: the same day of the month six calendar months later, clamped to the
@@ -85,15 +85,6 @@ DEPARTMENTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 _REF_PREFIX = {"prison": "PR", "police": "PS", "court": "CT", "health": "HL", "disability": "DP"}
 
-REGISTER_COLUMNS = (
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
-    "record_ref",
-)
 ROSTER_COLUMNS = ("child_id", "child_name", "father_id", "mother_id", "region_code")
 TRUTH_COLUMNS = ("child_id", "classification", "father_status", "mother_status")
 CLASSES = ("orphan", "de_facto_unattended", "not_eligible", "needs_review")

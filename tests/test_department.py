@@ -14,20 +14,13 @@ from nodes.department import build_dataset_table, evaluate_people, server_key
 from nodes.register import csv_rows, read_rows
 from psi.ids import check_character
 from psi.keys import KeyRing
+from psi.labels import REGISTER_COLUMNS
 from psi.matching import labelled_query
 from psi.oprf import Oprf
 from psi.table import diff
 
 AS_OF = "2026-11-30"
-HEADER = [
-    "id_number",
-    "status",
-    "start_date",
-    "end_date",
-    "disability_grade",
-    "disability_kind",
-    "record_ref",
-]
+HEADER = REGISTER_COLUMNS
 
 
 def person(i: int) -> str:
