@@ -60,6 +60,7 @@ class Oprf:
         self.context = b"OPRFV1-" + _i2osp(MODE_OPRF, 1) + b"-" + self.suite.name.encode()
         self._dst_group = b"HashToGroup-" + self.context
         self._dst_derive = b"DeriveKeyPair" + self.context
+        self._hash = getattr(hashlib, self.suite.hash_name)
 
     # -- RFC 9497 §3.2.1 -------------------------------------------------------------------------
     def derive_key_pair(self, seed: bytes, info: bytes) -> KeyPair:
@@ -161,10 +162,21 @@ class Oprf:
         return hashlib.new(self.suite.hash_name, data).digest()
 
     def _finalize_hashes(self, inputs: Sequence[bytes], elements: np.ndarray) -> np.ndarray:
-        out = np.empty((len(inputs), self.suite.output_size), dtype=np.uint8)
-        for i, (x, e) in enumerate(zip(inputs, elements, strict=True)):
-            out[i] = np.frombuffer(self._finalize_hash(x, e.tobytes()), dtype=np.uint8)
-        return out
+        """``_finalize_hash`` over a chunk, written for speed: one bytes object for all elements
+        and one array built from all digests."""
+        if len(inputs) != len(elements):
+            raise CryptoError("finalize: inputs and elements differ in number")
+        if any(len(x) > 0xFFFF for x in inputs):
+            raise CryptoError("OPRF input longer than 65535 bytes")
+        width = self.suite.element_size
+        raw, middle, new = elements.tobytes(), _i2osp(width, 2), self._hash
+        digests = b"".join(
+            new(
+                _i2osp(len(x), 2) + x + middle + raw[i * width : (i + 1) * width] + b"Finalize"
+            ).digest()
+            for i, x in enumerate(inputs)
+        )
+        return np.frombuffer(digests, dtype=np.uint8).reshape(len(inputs), -1).copy()
 
     @staticmethod
     def _one(value: bytes) -> np.ndarray:
