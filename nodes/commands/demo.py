@@ -3,8 +3,9 @@
 Generates a synthetic city (or takes ``--data DIR``: ``roster.csv`` and one ``<department>.csv``
 per department in the canonical register columns), issues certificates, starts one node process
 per department on loopback, builds their tables, runs civil affairs' queries for the roster's
-parents against every node at once, prints what civil affairs learned and where the outputs are,
-and stops the nodes.
+parents against every node at once, runs the monthly screening (``OUT/results.csv``,
+``OUT/report.html``), serves civil affairs' roll back as a dataset and lets education query it,
+prints what each party learned and where the outputs are, and stops the nodes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from nodes.client import Client, NodeError, QueryResult, write_matches
 from nodes.commands import parse_date
+from nodes.commands.screen import summary
 from nodes.config import load_federation
-from nodes.federation import PURPOSES, LocalFederation
+from nodes.federation import PURPOSES, ROLL, LocalFederation
 from nodes.roster import parent_ids, read_roster
+from nodes.screening import ScreeningResult, roll_register, screen
 from psi.errors import InputError
-from psi.ids import write_rejects
 from psi.synth import expected_matches, generate_city, write_city
 
 EXIT_MISMATCH = 1
@@ -78,10 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
     read = read_roster(roster, as_of)
     parents = parent_ids(read)
-    write_rejects(args.out / "rejects.csv", read.rejects)
     print(
-        f"civil affairs: {len(parents)} distinct valid parent identifiers; "
-        f"{len(read.rejects)} bad roster cells listed in {args.out / 'rejects.csv'}"
+        f"civil affairs: {len(parents)} distinct valid parent identifiers, "
+        f"{len(read.rejects)} bad roster cells (listed by the screening below)"
     )
 
     with LocalFederation(args.out / "federation", registers) as federation:
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
                 purpose=PURPOSES[0],
                 legal_basis_ref="demo",
             )
+        screening = screen(
+            federation.federation_file, roster, as_of, args.out, history_dir=args.out / "history"
+        )
     failed = {node: r for (node, _), r in results.items() if isinstance(r, NodeError)}
     ok: list[QueryResult] = [r for r in results.values() if not isinstance(r, NodeError)]
     matches_path = args.out / "matches.csv"
@@ -124,7 +128,42 @@ def run(args: argparse.Namespace) -> int:
             "synthetic data (which no party needed)"
         )
         verdict = 0 if equal else EXIT_MISMATCH
+    print(f"\n{summary(screening)}\nHTML report: {args.out / 'report.html'}")
+    if expected is not None:
+        truth = {t.child_id: t.classification for t in city.truth}
+        wrong = sum(
+            c.verdict.classification != truth[c.verdict.child_id] for c in screening.children
+        )
+        print(
+            f"screening {'equals' if not wrong else 'DIFFERS FROM'} the planted truth for "
+            f"{len(screening.children) - wrong} of {len(screening.children)} children"
+        )
+        verdict = verdict or (EXIT_MISMATCH if wrong else 0)
+    _reverse_query(args.out, screening)
     print(f"\nwhat civil affairs learned: {matches_path}")
     print(f"node state and logs: {args.out / 'federation'}/<node>/state")
     print(f"done in {time.perf_counter() - started:.1f} s; nodes stopped")
     return 3 if failed else verdict
+
+
+def _reverse_query(out: Path, screening: ScreeningResult) -> None:
+    """Both ways: civil affairs serves its roll as a dataset, and education asks which of its
+    pupils are on it (tuition aid), civil affairs never learning which pupils were asked about."""
+    roll = out / "roll.csv"
+    if not roll_register(screening, roll):
+        print("\nthe roll is empty: no reverse query to show")
+        return
+    pupils = [c.verdict.child_id for c in screening.children][:500]
+    with LocalFederation(out / "federation-roll", {ROLL: roll}, clients=("education",)) as fed:
+        fed.setup()
+        fed.build()
+        fed.start()
+        with Client(load_federation(fed.federation_file_of("education"))) as client:
+            result = client.query(ROLL, ROLL, pupils, purpose=PURPOSES[1])
+    kinds = Counter(r.status for _, label in result.matches for r in label.records)
+    print(
+        f"\nreverse query: education asked civil affairs' roll node about {len(pupils)} pupils; "
+        f"{len(result.matches)} are on the roll ("
+        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        + ")"
+    )

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _summary(result: ScreeningResult) -> str:
+def summary(result: ScreeningResult) -> str:
+    """What a run found, asked and wrote, for the terminal."""
     counts = result.counts()
     lines = [
         f"screening as of {result.as_of}: {len(result.children)} children, "
@@ -93,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     except NodesFailed as exc:
         print(f"psi screen: node failure: {exc}", file=sys.stderr)
         return EXIT_NODE_FAILED
-    print(_summary(result))
+    print(summary(result))
     return 0
