@@ -200,3 +200,35 @@ def test_label_fields_are_removed_before_encryption(tmp_path, oprf):
     [record] = found.label.records
     assert record.status == "severe_disability" and record.disability_grade == 2
     assert record.disability_kind is None and record.start is None and record.handle is None
+
+
+def test_register_from_a_sql_query(tmp_path):
+    import sqlite3
+
+    from nodes.register import sql_rows
+
+    db = tmp_path / "registers.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE inmates (sfzh TEXT, zt TEXT, ks TEXT, js TEXT, ref TEXT)")
+        conn.executemany(
+            "INSERT INTO inmates VALUES (?, ?, ?, ?, ?)",
+            [
+                (person(1).lower(), "imprisoned", "2025-01-01", None, "PR-1"),
+                (person(2), "imprisoned", "2025-02-30", None, "PR-2"),
+                ("bad", "imprisoned", None, None, "PR-3"),
+            ],
+        )
+    columns = {
+        "id_number": "sfzh",
+        "status": "zt",
+        "start_date": "ks",
+        "end_date": "js",
+        "record_ref": "ref",
+    }
+    register = read_rows(
+        sql_rows(f"sqlite:///{db}", "SELECT * FROM inmates ORDER BY ref", columns), "q"
+    )
+    assert list(register.people) == [person(1)]
+    assert [(r.line, r.column) for r in register.rejects] == [(2, "start_date"), (3, "id_number")]
+    with pytest.raises(Exception, match="the query failed"):
+        list(sql_rows(f"sqlite:///{db}", "SELECT * FROM nowhere", columns))

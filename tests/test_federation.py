@@ -314,3 +314,32 @@ def test_receipts_are_signed_and_pinned(city, federation, tmp_path):
             client.query("prison", "prison", parents(city)[:5], purpose="screening")
     finally:
         pinned.write_bytes(original)
+
+
+def test_node_stays_responsive_during_a_large_query(federation):
+    import threading
+    import time
+
+    from psi.ids import check_character
+
+    bodies = [f"150102{1960 + i // 1000}0101{i % 1000:03d}" for i in range(18_000)]
+    ids = [body + check_character(body) for body in bodies]  # 18,000 fresh people
+    done = threading.Event()
+
+    def big_query():
+        with Client(load_federation(federation.federation_file)) as client:
+            client.query("disability", "disability", ids, purpose="screening")
+        done.set()
+
+    worker = threading.Thread(target=big_query)
+    worker.start()
+    latencies = []
+    with channel(federation, "disability") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while not done.is_set():
+            started = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(service="disability"), timeout=10)
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.2)
+    worker.join()
+    assert len(latencies) >= 3 and max(latencies) < 2.0, latencies
