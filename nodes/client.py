@@ -72,7 +72,7 @@ class QueryResult:
     queried: int
     evaluated: int  # sent to the node this time; the rest came from the output cache
     receipt: psi_pb2.SessionReceipt | None = None
-    bytes_received: int = 0
+    bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
     false_hits: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -326,7 +326,8 @@ class Client:
             len(ids),
             len(plan.fresh),
             receipt,
-            received + (receipt.elements_evaluated * 64 if receipt else 0),
+            received
+            + (receipt.elements_evaluated * self.oprf.suite.element_size if receipt else 0),
             false_hits,
             plan.timings,
         )

@@ -223,6 +223,17 @@ def _decode_field(name: str, raw: int | bytes) -> object:
     return raw
 
 
+# Per field mask: the granted optional fields and the label's field set, built once (a decoded
+# label per matched person, a million at a time, should not each carry a new frozenset).
+_GRANTED = [
+    (names, frozenset(("status", *names)))
+    for names in (
+        tuple(n for i, n in enumerate(OPTIONAL_FIELDS) if mask >> i & 1)
+        for mask in range(1 << len(OPTIONAL_FIELDS))
+    )
+]
+
+
 def decode_label(data: bytes) -> Label:
     """Decode a label; anything but an exact format-1 encoding is an ``InputError``."""
     if len(data) < _PREFIX.size:
@@ -232,7 +243,7 @@ def decode_label(data: bytes) -> Label:
         raise InputError(f"unsupported label format {version} (this build reads {FORMAT})")
     if mask >> len(OPTIONAL_FIELDS):
         raise InputError("malformed label: unknown field bits")
-    granted = tuple(name for i, name in enumerate(OPTIONAL_FIELDS) if mask >> i & 1)
+    granted, fields = _GRANTED[mask]
     size = 1 + sum(_FIELD_STRUCTS[name].size for name in granted)
     if count == 0 or len(data) != _PREFIX.size + count * size:
         raise InputError("malformed label: length does not match its record count")
@@ -247,4 +258,4 @@ def decode_label(data: bytes) -> Label:
             values[name] = _decode_field(name, _FIELD_STRUCTS[name].unpack_from(data, position)[0])
             position += _FIELD_STRUCTS[name].size
         records.append(Record(status, **values))
-    return Label(frozenset(("status", *granted)), tuple(records))
+    return Label(fields, tuple(records))
