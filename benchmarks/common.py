@@ -6,14 +6,18 @@ import json
 import platform
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from psi.oprf import cpu_count
 
 RESULTS = Path(__file__).parent / "results"
+GRPC_PREFIX = 5  # compressed flag and length in front of every gRPC message
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -51,3 +55,35 @@ def report(name: str, results: dict[str, Any], rows: list[tuple[str, ...]], out:
         if k == 0:
             print("  ".join("-" * w for w in widths))
     print(f"\nresults written to {path}")
+
+
+class WireCounter(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Bytes of every message sent and received, per RPC method."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+
+    def _messages(self, counter: Counter[str], method: str, messages):
+        for message in messages:
+            counter[method.rsplit("/", 1)[-1]] += message.ByteSize() + GRPC_PREFIX
+            yield message
+
+    def intercept_unary_unary(self, continuation, details, request):
+        list(self._messages(self.sent, details.method, [request]))
+        outcome = continuation(details, request)
+        if outcome.exception() is None:
+            list(self._messages(self.received, details.method, [outcome.result()]))
+        return outcome
+
+    def intercept_unary_stream(self, continuation, details, request):
+        list(self._messages(self.sent, details.method, [request]))
+        return self._messages(self.received, details.method, continuation(details, request))
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        requests = self._messages(self.sent, details.method, requests)
+        return self._messages(self.received, details.method, continuation(details, requests))

@@ -26,12 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import grpc
 
-from benchmarks.common import RESULTS, peak_rss_mib, report
+from benchmarks.common import RESULTS, WireCounter, peak_rss_mib, report
 from benchmarks.data import load, overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
 from nodes.client import Client
@@ -40,40 +39,7 @@ from nodes.federation import LocalFederation
 from protocols.limits import GRPC_OPTIONS
 
 DEPARTMENT = "prison"
-GRPC_PREFIX = 5  # compressed flag and length in front of every gRPC message
 MINUTES = 60
-
-
-class WireCounter(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Bytes of every message sent and received, per RPC method."""
-
-    def __init__(self) -> None:
-        self.sent: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()
-
-    def _messages(self, counter: Counter[str], method: str, messages):
-        for message in messages:
-            counter[method.rsplit("/", 1)[-1]] += message.ByteSize() + GRPC_PREFIX
-            yield message
-
-    def intercept_unary_unary(self, continuation, details, request):
-        list(self._messages(self.sent, details.method, [request]))
-        outcome = continuation(details, request)
-        if outcome.exception() is None:
-            list(self._messages(self.received, details.method, [outcome.result()]))
-        return outcome
-
-    def intercept_unary_stream(self, continuation, details, request):
-        list(self._messages(self.sent, details.method, [request]))
-        return self._messages(self.received, details.method, continuation(details, request))
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        requests = self._messages(self.sent, details.method, requests)
-        return self._messages(self.received, details.method, continuation(details, requests))
 
 
 class CountingClient(Client):

@@ -59,7 +59,7 @@ from typing import Any
 import grpc
 
 import nodes.screening.run as screening_run
-from benchmarks.common import RESULTS, report
+from benchmarks.common import RESULTS, WireCounter, report
 from benchmarks.data import load
 from benchmarks.oprf_rates import raw_rates
 from nodes.budgets import Limits
@@ -72,7 +72,6 @@ from psi.oprf import cpu_count
 from psi.synth import DEPARTMENTS, ROSTER_COLUMNS, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
-GRPC_PREFIX = 5  # compressed flag and length in front of every gRPC message
 MIB = 1 << 20
 MINUTES = 60
 LIMITS = Limits(per_session=50_000_000, per_day=500_000_000, per_epoch=2_000_000_000)
@@ -185,38 +184,6 @@ def make_data(
 
 
 # ---- measuring -----------------------------------------------------------------------------------
-
-
-class WireCounter(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Bytes of every message sent and received, per RPC method (all nodes together)."""
-
-    def __init__(self) -> None:
-        self.sent: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()
-
-    def _messages(self, counter: Counter[str], method: str, messages):
-        for message in messages:
-            counter[method.rsplit("/", 1)[-1]] += message.ByteSize() + GRPC_PREFIX
-            yield message
-
-    def intercept_unary_unary(self, continuation, details, request):
-        list(self._messages(self.sent, details.method, [request]))
-        outcome = continuation(details, request)
-        if outcome.exception() is None:
-            list(self._messages(self.received, details.method, [outcome.result()]))
-        return outcome
-
-    def intercept_unary_stream(self, continuation, details, request):
-        list(self._messages(self.sent, details.method, [request]))
-        return self._messages(self.received, details.method, continuation(details, request))
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        requests = self._messages(self.sent, details.method, requests)
-        return self._messages(self.received, details.method, continuation(details, requests))
 
 
 class Probe:
