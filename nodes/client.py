@@ -218,7 +218,7 @@ class Client:
         plans: dict[tuple[str, str], _Plan | NodeError] = {}
         for request in requests:
             try:
-                plans[request] = self._plan(*request, ids)
+                plans[request] = self._plan(*request, ids, purpose)
             except NodeError as exc:
                 plans[request] = exc
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
@@ -242,7 +242,7 @@ class Client:
             done = iter(list(pool.map(complete, ready)))
         return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
 
-    def _plan(self, node: str, dataset: str, ids: Sequence[str]) -> _Plan:
+    def _plan(self, node: str, dataset: str, ids: Sequence[str], purpose: str) -> _Plan:
         """What a query needs from the node: its epoch, and which identifiers have no cached
         output for that epoch yet."""
         started = time.perf_counter()
@@ -250,11 +250,14 @@ class Client:
         version = negotiate([PROTOCOL_VERSION], catalogue.protocol_versions)
         entry = next((d for d in catalogue.datasets if d.dataset_id == dataset), None)
         if entry is None:
+            from nodes.accountability import request_hint  # it builds on this module
+
             offered = ", ".join(d.dataset_id for d in catalogue.datasets) or "none"
             raise NodeError(
                 node,
                 grpc.StatusCode.NOT_FOUND,
-                f"no dataset {dataset!r} for this client; offered: {offered}",
+                f"no dataset {dataset!r} for this client; offered: {offered}; "
+                + request_hint(node, dataset, purpose),
             )
         folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
         cache = OutputCache(folder / "outputs.sqlite", self._secret)
