@@ -1,4 +1,4 @@
-"""``psi node build|serve|rotate``: what a department operator runs."""
+"""``psi node build|serve|rotate|catalog|disputes``: what a department operator runs."""
 
 from __future__ import annotations
 
