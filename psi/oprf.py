@@ -130,12 +130,43 @@ class Oprf:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """OPRF outputs (n, Nh) from the node's evaluations; one scalar inversion per chunk."""
-        if not len(inputs) == len(blinds) == len(evaluated):
+        return self._finalize(inputs, blinds, evaluated, True, progress)
+
+    def invert_blinds(self, blinds: np.ndarray) -> np.ndarray:
+        """The blinds' inverses, for ``finalize_inverted`` when one set of blinds serves several
+        nodes: inverting once instead of once per node."""
+        return self._map(
+            lambda lo, hi: self.suite.invert_scalars(blinds[lo:hi]),
+            len(blinds),
+            self.suite.scalar_size,
+            None,
+        )
+
+    def finalize_inverted(
+        self,
+        inputs: Sequence[bytes],
+        inverses: np.ndarray,
+        evaluated: np.ndarray,
+        *,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """``finalize_batch`` given ``invert_blinds(blinds)``; identical outputs."""
+        return self._finalize(inputs, inverses, evaluated, False, progress)
+
+    def _finalize(
+        self,
+        inputs: Sequence[bytes],
+        scalars: np.ndarray,
+        evaluated: np.ndarray,
+        invert: bool,
+        progress: Progress | None,
+    ) -> np.ndarray:
+        if not len(inputs) == len(scalars) == len(evaluated):
             raise CryptoError("finalize: inputs, blinds and evaluated elements differ in number")
         evaluated = np.ascontiguousarray(evaluated, dtype=np.uint8)
 
         def work(lo: int, hi: int) -> np.ndarray:
-            inverses = self.suite.invert_scalars(blinds[lo:hi])
+            inverses = self.suite.invert_scalars(scalars[lo:hi]) if invert else scalars[lo:hi]
             unblinded = self.suite.scalar_mult(inverses, evaluated[lo:hi])
             return self._finalize_hashes(inputs[lo:hi], unblinded)
 

@@ -77,6 +77,8 @@ def test_batch_equals_element_by_element():
     outputs = oprf.finalize_batch(inputs, blinds, evaluated)
     direct = oprf.evaluate_batch(key.sk, inputs)
     assert np.array_equal(outputs, direct)
+    inverted = oprf.finalize_inverted(inputs, oprf.invert_blinds(blinds), evaluated)
+    assert np.array_equal(inverted, direct)
     for i in (0, 2047, 2999):
         one = oprf.finalize(inputs[i], blinds[i].tobytes(), evaluated[i].tobytes())
         assert one == outputs[i].tobytes() == oprf.evaluate(key.sk, inputs[i])
