@@ -17,6 +17,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum
@@ -400,11 +401,29 @@ def read_ids(path: str | os.PathLike[str], column: str, *, today: date | None = 
     becomes a ``Reject``. Rows stream through ``normalise_many`` in chunks. A file that cannot be
     read, is not UTF-8 or lacks the column is an ``InputError`` naming the file.
     """
+    with _csv(path) as (reader, file):
+        return _read_column(reader, file, column, today or date.today())
+
+
+def read_cells(path: str | os.PathLike[str], column: str) -> list[str | None]:
+    """The raw cells of another column of a file ``read_ids`` read, one per data row in the same
+    order (so they align with ``IdColumn.lines``); None where a row has no cell in the column."""
+    with _csv(path) as (reader, file):
+        header = next(reader, None)
+        if header is None:
+            raise InputError("the file is empty (no header row)", Source(file))
+        return [cell for _, cell in _data_rows(reader, _column_index(header, column, file))]
+
+
+@contextmanager
+def _csv(path: str | os.PathLike[str]) -> Iterator[tuple[Iterator[list[str]], str]]:
+    """A CSV reader over a UTF-8 file (with or without BOM), and the file's name; reading
+    problems become ``InputError`` naming the file (and line)."""
     file = os.fspath(path)
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
-            return _read_column(reader, file, column, today or date.today())
+            yield reader, file
     except OSError as exc:
         raise InputError(f"cannot read the file: {exc.strerror}", Source(file)) from exc
     except UnicodeDecodeError as exc:
