@@ -22,10 +22,12 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from types import MappingProxyType
+from typing import Any
 
 from psi.errors import InputError
 
@@ -100,7 +102,7 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) and _WORD.fullmatch(value) else "value"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One status record of one person. Fields other than ``status`` are ``None`` when unknown, and
     in a decoded label also when the client was not granted them (see ``Label.fields``)."""
@@ -136,7 +138,7 @@ class Record:
             raise InputError(f"record handle must be {HANDLE_BYTES} bytes")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Label:
     """A decoded label: the granted fields and the person's records in canonical order."""
 
@@ -168,10 +170,14 @@ def _check_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(name for name in OPTIONAL_FIELDS if name in fields)
 
 
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+
+
 def _days(value: date | None) -> int:
-    return _NO_DATE if value is None else (value - _EPOCH).days
+    return _NO_DATE if value is None else value.toordinal() - _EPOCH_ORDINAL
 
 
+@lru_cache(maxsize=1 << 16)  # labels repeat a few thousand distinct days
 def _date(days: int) -> date | None:
     if days == _NO_DATE:
         return None
@@ -181,17 +187,78 @@ def _date(days: int) -> date | None:
         raise InputError("malformed label: date out of range") from None
 
 
-def _encode_field(record: Record, name: str) -> bytes:
-    value = getattr(record, name)
-    if name in ("start", "end"):
-        value = _days(value)
-    elif name == "disability_grade":
-        value = value or 0
-    elif name == "disability_kind":
-        value = DISABILITY_KIND_CODES[value] if value else 0
-    elif value is None:  # handle
+def _handle(record: Record) -> bytes:
+    if record.handle is None:
         raise InputError("record has no handle but the handle field is granted")
-    return _FIELD_STRUCTS[name].pack(value)
+    return record.handle
+
+
+# Per optional field: its value in a record, as packed.
+_ENCODERS: Mapping[str, Callable[[Record], int | bytes]] = MappingProxyType(
+    {
+        "start": lambda r: _days(r.start),
+        "end": lambda r: _days(r.end),
+        "disability_grade": lambda r: r.disability_grade or 0,
+        "disability_kind": lambda r: (
+            DISABILITY_KIND_CODES[r.disability_kind] if r.disability_kind else 0
+        ),
+        "handle": _handle,
+    }
+)
+
+
+def _check_grade(raw: int) -> int | None:
+    if raw and raw not in DISABILITY_GRADES:
+        raise InputError("malformed label: bad disability grade")
+    return raw or None
+
+
+def _kind_name(raw: int) -> str | None:
+    if raw and raw not in _KIND_NAMES:
+        raise InputError("malformed label: unknown disability kind code")
+    return _KIND_NAMES.get(raw)
+
+
+# Per optional field: the record value from the packed one.
+_DECODERS: Mapping[str, Callable[[Any], object]] = MappingProxyType(
+    {
+        "start": _date,
+        "end": _date,
+        "disability_grade": _check_grade,
+        "disability_kind": _kind_name,
+        "handle": lambda raw: raw,
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Everything about one field mask, built once: a decoded label per matched person, a million
+    at a time, should not each rebuild a struct or carry a new frozenset."""
+
+    mask: int
+    granted: tuple[str, ...]  # the optional fields, in mask-bit order
+    fields: frozenset[str]
+    record: struct.Struct  # u8 status then the granted fields
+    encoders: tuple[Callable[[Record], int | bytes], ...]
+    decoders: tuple[tuple[int, Callable[[Any], object]], ...]  # (Record argument, decoder)
+
+
+def _layout(mask: int) -> _Layout:
+    granted = tuple(n for i, n in enumerate(OPTIONAL_FIELDS) if mask >> i & 1)
+    packed = "".join(_FIELD_STRUCTS[name].format.lstrip("<") for name in granted)
+    return _Layout(
+        mask,
+        granted,
+        frozenset(("status", *granted)),
+        struct.Struct("<B" + packed),
+        tuple(_ENCODERS[name] for name in granted),
+        tuple((OPTIONAL_FIELDS.index(name), _DECODERS[name]) for name in granted),
+    )
+
+
+_LAYOUTS = tuple(_layout(mask) for mask in range(1 << len(OPTIONAL_FIELDS)))
+_BY_GRANTED = {layout.granted: layout for layout in _LAYOUTS}
 
 
 def encode_label(records: Sequence[Record], fields: Iterable[str] | None = None) -> bytes:
@@ -201,37 +268,12 @@ def encode_label(records: Sequence[Record], fields: Iterable[str] | None = None)
     if len(records) > 0xFFFF:
         raise InputError("a label holds at most 65535 records")
     granted = _check_fields(fields)
-    mask = sum(1 << OPTIONAL_FIELDS.index(name) for name in granted)
+    layout = _BY_GRANTED[granted]
+    pack, encoders = layout.record.pack, layout.encoders
     encoded = sorted(
-        bytes([STATUS_CODES[r.status]]) + b"".join(_encode_field(r, name) for name in granted)
-        for r in records
+        pack(STATUS_CODES[r.status], *[encode(r) for encode in encoders]) for r in records
     )
-    return _PREFIX.pack(FORMAT, mask, len(records)) + b"".join(encoded)
-
-
-def _decode_field(name: str, raw: int | bytes) -> object:
-    if name in ("start", "end"):
-        return _date(raw)
-    if name == "disability_grade":
-        if raw and raw not in DISABILITY_GRADES:
-            raise InputError("malformed label: bad disability grade")
-        return raw or None
-    if name == "disability_kind":
-        if raw and raw not in _KIND_NAMES:
-            raise InputError("malformed label: unknown disability kind code")
-        return _KIND_NAMES.get(raw)
-    return raw
-
-
-# Per field mask: the granted optional fields and the label's field set, built once (a decoded
-# label per matched person, a million at a time, should not each carry a new frozenset).
-_GRANTED = [
-    (names, frozenset(("status", *names)))
-    for names in (
-        tuple(n for i, n in enumerate(OPTIONAL_FIELDS) if mask >> i & 1)
-        for mask in range(1 << len(OPTIONAL_FIELDS))
-    )
-]
+    return _PREFIX.pack(FORMAT, layout.mask, len(records)) + b"".join(encoded)
 
 
 def decode_label(data: bytes) -> Label:
@@ -243,19 +285,17 @@ def decode_label(data: bytes) -> Label:
         raise InputError(f"unsupported label format {version} (this build reads {FORMAT})")
     if mask >> len(OPTIONAL_FIELDS):
         raise InputError("malformed label: unknown field bits")
-    granted, fields = _GRANTED[mask]
-    size = 1 + sum(_FIELD_STRUCTS[name].size for name in granted)
-    if count == 0 or len(data) != _PREFIX.size + count * size:
+    layout = _LAYOUTS[mask]
+    if count == 0 or len(data) != _PREFIX.size + count * layout.record.size:
         raise InputError("malformed label: length does not match its record count")
     records = []
-    for offset in range(_PREFIX.size, len(data), size):
-        status = _STATUS_NAMES.get(data[offset])
+    decoders = layout.decoders
+    for status_code, *values in layout.record.iter_unpack(memoryview(data)[_PREFIX.size :]):
+        status = _STATUS_NAMES.get(status_code)
         if status is None:
             raise InputError("malformed label: unknown status code")
-        values: dict[str, object] = {}
-        position = offset + 1
-        for name in granted:
-            values[name] = _decode_field(name, _FIELD_STRUCTS[name].unpack_from(data, position)[0])
-            position += _FIELD_STRUCTS[name].size
-        records.append(Record(status, **values))
-    return Label(fields, tuple(records))
+        arguments: list[object] = [None] * len(OPTIONAL_FIELDS)
+        for (position, decode), raw in zip(decoders, values, strict=True):
+            arguments[position] = decode(raw)
+        records.append(Record(status, *arguments))  # type: ignore[arg-type]
+    return Label(layout.fields, tuple(records))

@@ -458,12 +458,13 @@ def _opener(table: Table) -> Callable[[int, bytes], bytes | None]:
     rows = memoryview(table.sealed.reshape(-1))
     size = header.row_size
 
-    def open_(index: int, key: bytes) -> bytes | None:
+    def open_(index: int, key: bytes, written: int | None = None) -> bytes | None:
         row = rows[index * size : (index + 1) * size]
-        written = struct.pack(">I", table.written[index])
+        if written is None:
+            written = int(table.written[index])
         try:
             plaintext = ChaCha20Poly1305(key).decrypt(
-                row[:NONCE_BYTES], row[NONCE_BYTES:], associated + written
+                row[:NONCE_BYTES], row[NONCE_BYTES:], associated + struct.pack(">I", written)
             )
         except InvalidTag:
             return None
@@ -477,24 +478,48 @@ def open_entry(table: Table, index: int, key: bytes) -> bytes | None:
     return _opener(table)(range(len(table))[index], key)
 
 
+def _open_rows(table: Table, entries: list[int], keys: list[bytes]) -> list[bytes | None]:
+    """``open_entry`` of many (entry, key) pairs."""
+    written = table.written[entries].tolist() if entries else []
+    return list(map(_opener(table), entries, keys, written))
+
+
 def _hits(
     table: Table, tags: np.ndarray, keys: np.ndarray
 ) -> tuple[list[tuple[int, int, bytes]], int]:
-    """(query, entry, label) for each query whose tag finds an entry its key opens, and the count of
-    tag hits that did not open (another person's entry with a colliding tag)."""
+    """(query, entry, label) for each query whose tag finds an entry its key opens, in query order,
+    and the count of tag hits that did not open (another person's entry with a colliding tag).
+
+    A query's candidates are the run of entries with its tag: nearly always one, opened in one
+    batch; runs of several (64-bit tag collisions, expect none) are walked until one opens."""
     low = np.searchsorted(table.tags, tags, side="left")
     high = np.searchsorted(table.tags, tags, side="right")
-    open_ = _opener(table)
-    found = []
-    false_hits = 0
-    for query in np.flatnonzero(high > low).tolist():
-        key = keys[query].tobytes()
-        for entry in range(int(low[query]), int(high[query])):
-            label = open_(entry, key)
-            if label is not None:
-                found.append((query, entry, label))
-                break
-            false_hits += 1
+    count = high - low
+    single = np.flatnonzero(count == 1)
+    all_keys = keys.tobytes()
+    queries = single.tolist()
+    entries = low[single].tolist()
+    labels = _open_rows(
+        table, entries, [all_keys[q * KEY_BYTES : (q + 1) * KEY_BYTES] for q in queries]
+    )
+    found = [
+        (query, entry, label)
+        for query, entry, label in zip(queries, entries, labels, strict=True)
+        if label is not None
+    ]
+    false_hits = len(queries) - len(found)
+    several = np.flatnonzero(count > 1).tolist()
+    if several:
+        open_ = _opener(table)
+        for query in several:
+            key = all_keys[query * KEY_BYTES : (query + 1) * KEY_BYTES]
+            for entry in range(int(low[query]), int(high[query])):
+                label = open_(entry, key)
+                if label is not None:
+                    found.append((query, entry, label))
+                    break
+                false_hits += 1
+        found.sort()
     return found, false_hits
 
 
@@ -566,20 +591,28 @@ def build_table(
                     written[query] = previous.written[entry]
     order = _canonical_order(tags, nonces)
     _check_unique(outputs, tags, order)
-    row = header.row_size
-    sealed = np.empty((len(outputs), row), np.uint8)
-    flat = memoryview(sealed.reshape(-1))
+    sealed = np.empty((len(outputs), header.row_size), np.uint8)
+    sealed[:, :NONCE_BYTES] = nonces[order]
+    kept = reused[order]
+    if previous is not None and (kept >= 0).any():
+        sealed[kept >= 0] = previous.sealed[kept[kept >= 0]]
+    fresh = order[kept < 0].tolist()
     associated = _ad_prefix(dataset, epoch) + struct.pack(">I", version)
     # Plain bytes and lists in the loop: indexing numpy per row costs more than the encryption.
-    all_keys, all_nonces, sources = keys.tobytes(), nonces.tobytes(), reused.tolist()
-    for position, person in enumerate(order.tolist()):
-        if sources[person] >= 0:
-            sealed[position] = previous.sealed[sources[person]]
-            continue
-        nonce = all_nonces[person * NONCE_BYTES : (person + 1) * NONCE_BYTES]
-        key = all_keys[person * KEY_BYTES : (person + 1) * KEY_BYTES]
-        ciphertext = ChaCha20Poly1305(key).encrypt(nonce, _pad(labels[person], size), associated)
-        flat[position * row : (position + 1) * row] = nonce + ciphertext
+    all_keys, all_nonces = keys.tobytes(), nonces.tobytes()
+
+    ciphertexts = [
+        ChaCha20Poly1305(all_keys[person * KEY_BYTES : (person + 1) * KEY_BYTES]).encrypt(
+            all_nonces[person * NONCE_BYTES : (person + 1) * NONCE_BYTES],
+            _pad(labels[person], size),
+            associated,
+        )
+        for person in fresh
+    ]
+    if fresh:
+        sealed[kept < 0, NONCE_BYTES:] = np.frombuffer(b"".join(ciphertexts), np.uint8).reshape(
+            len(fresh), -1
+        )
     return Table(header, tags[order], written[order], sealed)
 
 

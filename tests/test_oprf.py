@@ -9,7 +9,7 @@ import pytest
 import rbcl
 
 from psi.errors import CryptoError
-from psi.hash_to_curve import expand_message_xmd
+from psi.hash_to_curve import expand_message_xmd, expand_message_xmd_batch
 from psi.oprf import Oprf
 from psi.suites import SUITES, UnknownSuiteError, get_suite
 
@@ -148,3 +148,31 @@ def test_empty_batches(oprf):
     blinds, blinded = oprf.blind_batch([])
     assert blinds.shape == (0, 32) and blinded.shape == (0, 32)
     assert oprf.finalize_batch([], blinds, blinded).shape == (0, 64)
+
+
+@pytest.mark.parametrize("length", [32, 64, 128])
+def test_expand_message_xmd_batch_equals_one_by_one(length):
+    dst = K3["DST"].encode()
+    msgs = [v["msg"].encode() for v in K3["vectors"]] + [os.urandom(i) for i in range(70)]
+    joined = expand_message_xmd_batch(msgs, dst, length)
+    assert joined == b"".join(expand_message_xmd(m, dst, length) for m in msgs)
+
+
+def test_batch_of_equal_length_inputs_equals_element_by_element():
+    """Identity numbers are all 18 bytes: the finalize hash takes its row-array path."""
+    oprf = Oprf(workers=2)
+    key = oprf.derive_key_pair(os.urandom(32), b"x")
+    inputs = [f"15080219800101{i:04d}".encode() for i in range(1500)]
+    outputs = oprf.evaluate_batch(key.sk, inputs)
+    for i in (0, 1023, 1024, 1499):
+        assert outputs[i].tobytes() == oprf.evaluate(key.sk, inputs[i])
+    blinds, blinded = oprf.blind_batch(inputs)
+    evaluated = oprf.blind_evaluate_batch(key.sk, blinded)
+    assert np.array_equal(oprf.finalize_batch(inputs, blinds, evaluated), outputs)
+
+
+def test_random_scalars_are_non_zero_and_distinct():
+    scalars = get_suite("ristretto255-SHA512").random_scalars(2000)
+    assert scalars.any(axis=1).all()
+    assert len({row.tobytes() for row in scalars}) == 2000
+    assert all(row[31] <= 0x10 for row in scalars)  # reduced: below the order, 2^252 + ε
