@@ -1,0 +1,80 @@
+"""The output cache: batch lookups, durable appends, and what survives a crash mid-write."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from nodes.cache import MAGIC, OutputCache, cache_keys
+from psi.errors import InputError
+
+
+def ids(n: int, start: int = 0) -> list[str]:
+    return [f"15010219800101{i:04d}" for i in range(start, start + n)]
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 64), dtype=np.uint8)
+
+
+def test_put_then_lookup_across_instances(tmp_path):
+    secret = os.urandom(32)
+    cache = OutputCache(tmp_path / "o.bin", secret)
+    first, second = ids(500), ids(300, 400)  # overlapping: 400..499 put twice
+    cache.put(cache.keys(first), rows(500, 1))
+    cache.put(cache.keys(second), rows(300, 2))
+    again = OutputCache(tmp_path / "o.bin", secret)
+    found, outputs = again.lookup(again.keys([*ids(800), "15010219800101999X"]))
+    assert found[:700].all() and not found[700:].any()
+    assert np.array_equal(outputs[:400], rows(500, 1)[:400])
+    assert np.array_equal(outputs[400:700], rows(300, 2))  # the later record wins
+    assert not outputs[700:].any()
+
+
+def test_empty_cache_and_empty_batches(tmp_path):
+    cache = OutputCache(tmp_path / "o.bin", os.urandom(32))
+    found, outputs = cache.lookup(cache.keys(ids(3)))
+    assert not found.any() and outputs.shape == (3, 64)
+    cache.put(cache.keys([]), np.empty((0, 64), np.uint8))
+    assert not (tmp_path / "o.bin").exists()
+
+
+def test_torn_last_record_is_dropped_and_appends_stay_aligned(tmp_path):
+    secret, path = os.urandom(32), tmp_path / "o.bin"
+    cache = OutputCache(path, secret)
+    cache.put(cache.keys(ids(10)), rows(10, 1))
+    with open(path, "ab") as handle:  # a crash in the middle of the next record
+        handle.write(b"\x01" * 37)
+    found, _ = OutputCache(path, secret).lookup(cache.keys(ids(10)))
+    assert found.all()
+    cache.put(cache.keys(ids(5, 10)), rows(5, 2))
+    found, outputs = OutputCache(path, secret).lookup(cache.keys(ids(15)))
+    assert found.all() and np.array_equal(outputs[10:], rows(5, 2))
+
+
+def test_torn_header_starts_afresh(tmp_path):
+    path = tmp_path / "o.bin"
+    path.write_bytes(MAGIC[:3])
+    cache = OutputCache(path, os.urandom(32))
+    assert not cache.lookup(cache.keys(ids(2)))[0].any()
+    cache.put(cache.keys(ids(2)), rows(2, 1))
+    assert cache.lookup(cache.keys(ids(2)))[0].all()
+
+
+def test_a_foreign_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "o.bin"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    with pytest.raises(InputError, match="not an output cache") as caught:
+        OutputCache(path, os.urandom(32)).lookup(cache_keys(b"k" * 32, ids(1)))
+    assert str(path) in str(caught.value)
+
+
+def test_keys_depend_on_the_secret_and_name_nobody(tmp_path):
+    one, two = cache_keys(b"a" * 32, ids(50)), cache_keys(b"b" * 32, ids(50))
+    assert len(set(one.tolist())) == 50 and not set(one.tolist()) & set(two.tolist())
+    cache = OutputCache(tmp_path / "o.bin", b"a" * 32)
+    cache.put(one, rows(50, 1))
+    data = (tmp_path / "o.bin").read_bytes()
+    assert not any(x.encode() in data for x in ids(50))
