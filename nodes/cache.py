@@ -31,9 +31,7 @@ _PERSON = b"kinlink-out-v1"  # BLAKE2b personalisation: keys of this cache and n
 def cache_keys(secret: bytes, identifiers: Sequence[str]) -> np.ndarray:
     """The cache keys (n,) of ``S16`` of canonical identifiers under ``secret``."""
     keys = b"".join(
-        hashlib.blake2b(
-            x.encode(), key=secret, digest_size=KEY_BYTES, person=_PERSON
-        ).digest()
+        hashlib.blake2b(x.encode(), key=secret, digest_size=KEY_BYTES, person=_PERSON).digest()
         for x in identifiers
     )
     return np.frombuffer(keys, dtype=f"S{KEY_BYTES}")

@@ -160,6 +160,8 @@ def find_parent(
     """Judge every record of one parent and pick the status that counts."""
     if isinstance(parent, Unknown):
         return ParentFinding(role, UNKNOWN, UNKNOWN, unknown=parent.why)
+    if not parent:  # most parents: one shared finding, not a million equal ones
+        return _NO_RECORD[role]
     ordered = sorted(parent, key=lambda m: (m.record.start or date.min, m.record.status, m.node))
     judged = tuple(Judged(m, *judge(m.record, as_of, rules)) for m in ordered)
     counting = {j.match.record.status for j in judged if j.counts}
@@ -170,6 +172,9 @@ def find_parent(
     if any(j.counts is None for j in judged):
         return ParentFinding(role, UNKNOWN, UNKNOWN, judged)
     return ParentFinding(role, NONE, NONE, judged)
+
+
+_NO_RECORD = {role: ParentFinding(role, NONE, NONE) for role in ("father", "mother")}
 
 
 def combine(father: str, mother: str) -> str:

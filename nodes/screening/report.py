@@ -128,8 +128,40 @@ def document(result: ScreeningResult) -> dict[str, Any]:
     }
 
 
-def write_outputs(result: ScreeningResult) -> Path:
-    """Write the four output files in ``result.out_dir``; returns the results.json path."""
+def write_document(path: Path, doc: Mapping[str, Any]) -> None:
+    """A results document as JSON: the run's metadata indented for reading, then one line per
+    child, written by the C encoder (a million children in seconds; indenting them all takes a
+    minute)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("{\n")
+        for key, value in doc.items():
+            if key != "children":
+                text = json.dumps(value, ensure_ascii=False, indent=1)
+                handle.write(f" {json.dumps(key)}: {text},\n")
+        handle.write(' "children": [')
+        handle.writelines(
+            (",\n  " if i else "\n  ") + json.dumps(row, ensure_ascii=False)
+            for i, row in enumerate(doc["children"])
+        )
+        handle.write("\n ]\n}\n")
+
+
+def history_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a run: the candidates' rows and only the identifiers of the
+    not_eligible children, all that the next run's comparison needs (and no more than the
+    minimised results.json shows)."""
+    rows = doc["children"]
+    return {
+        **doc,
+        "children": [r for r in rows if r["classification"] in CANDIDATES],
+        "not_eligible_children": [
+            r["child_id"] for r in rows if r["classification"] == NOT_ELIGIBLE
+        ],
+    }
+
+
+def write_outputs(result: ScreeningResult) -> dict[str, Any]:
+    """Write the four output files in ``result.out_dir``; returns the results.json document."""
     out = result.out_dir
     doc = document(result)
     try:
@@ -142,14 +174,12 @@ def write_outputs(result: ScreeningResult) -> Path:
                     [*(row[c] for c in RESULT_COLUMNS[:4]), "; ".join(row["reasons"]),
                      " ".join(row["evidence"])]
                 )  # fmt: skip
-        (out / RESULTS_JSON).write_text(
-            json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-        )
+        write_document(out / RESULTS_JSON, doc)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the results in {out}: {exc.strerror}") from exc
     write_rejects(out / REJECTS_CSV, result.rejects)
-    return out / RESULTS_JSON
+    return doc
 
 
 def roll_register(result: ScreeningResult, path: str | Path) -> int:
