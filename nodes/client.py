@@ -34,9 +34,9 @@ from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
 from psi.errors import InputError, KinlinkError
 from psi.labels import REGISTER_COLUMNS, Label
-from psi.matching import lookup
+from psi.matching import lookup_tags
 from psi.oprf import Oprf
-from psi.table import Delta, Table, apply
+from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive
 
 MATCH_COLUMNS = (
     *REGISTER_COLUMNS[:-1],
@@ -53,6 +53,10 @@ CALL_TIMEOUT = 30.0
 # Elements per blinding block and per Evaluate message: small enough that nodes start evaluating
 # early and answers are finalized while other nodes still compute, large enough to amortise calls.
 STREAM_CHUNK = 8192
+# What the client keeps per identifier and (node, dataset, epoch): the table tag and label key
+# derived from the OPRF output (psi.table.derive), not the output itself. They do not change with
+# the table version, so a rerun matches two million identifiers without hashing any again.
+DERIVED_BYTES = TAG_BYTES + KEY_BYTES
 
 Progress = Callable[[int], None]
 
@@ -88,7 +92,7 @@ class _Plan:
     epoch: int
     version: int  # negotiated protocol version
     cache: OutputCache  # of (node, dataset, epoch); its folder holds the table copy too
-    outputs: np.ndarray  # (n, Nh): cached rows filled, fresh rows filled by _evaluate
+    derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
     fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
     timings: dict[str, float]
 
@@ -312,11 +316,11 @@ class Client:
                 + request_hint(node, dataset, purpose),
             )
         folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
-        cache = OutputCache(folder / "outputs.bin", self._secret, self.oprf.suite.output_size)
-        found, outputs = cache.lookup(keys)
+        cache = OutputCache(folder / "derived.bin", self._secret, DERIVED_BYTES)
+        found, derived = cache.lookup(keys)
         timings = {"plan": time.perf_counter() - started}
         return _Plan(
-            node, dataset, entry.key_epoch, version, cache, outputs, np.flatnonzero(~found), timings
+            node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
         )
 
     def _complete(
@@ -338,14 +342,17 @@ class Client:
             receipt = self._evaluate(plan, ids, blinder, rows, purpose, legal_basis_ref, progress)
             plan.timings["evaluate"] = time.perf_counter() - t
             plan.timings["blind"] = blinder.seconds
-            plan.cache.put(keys[plan.fresh], plan.outputs[plan.fresh])
+            plan.cache.put(keys[plan.fresh], plan.derived[plan.fresh])
         t = time.perf_counter()
         table, received = self._table(
             plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.cache.path.parent
         )
         plan.timings["table"] = time.perf_counter() - t
+        if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
+            raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
         t = time.perf_counter()
-        found, false_hits = lookup(table, plan.outputs)
+        tags = np.ascontiguousarray(plan.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
+        found, false_hits = lookup_tags(table, tags, plan.derived[:, TAG_BYTES:])
         plan.timings["match"] = time.perf_counter() - t
         return QueryResult(
             plan.node,
@@ -373,7 +380,7 @@ class Client:
         progress: Progress | None,
     ) -> psi_pb2.SessionReceipt:
         """One session: blinded blocks stream out as the blinder produces them; each answer is
-        finalized into ``plan.outputs`` as it arrives."""
+        finalized as it arrives, and its table tag and label key kept in ``plan.derived``."""
         node, stub = plan.node, self._stub(plan.node)
         asked = {
             "dataset": plan.dataset,
@@ -430,12 +437,15 @@ class Client:
                 answers.add(reply.elements, reply.count, reply.sequence)
                 t = time.perf_counter()
                 fresh = plan.fresh[lo : answers.filled]
-                plan.outputs[fresh] = self.oprf.finalize_inverted(
+                outputs = self.oprf.finalize_inverted(
                     [ids[i].encode() for i in fresh],
                     blinder.inverses[rows[lo : answers.filled]],
                     answers.array[lo : answers.filled],
                     progress=progress,
                 )
+                tags, label_keys = derive(plan.dataset, plan.epoch, outputs)
+                plan.derived[fresh, :TAG_BYTES] = tags.astype("<u8").view(np.uint8).reshape(-1, 8)
+                plan.derived[fresh, TAG_BYTES:] = label_keys
                 finalizing += time.perf_counter() - t
             answers.result()
         except grpc.RpcError as exc:
