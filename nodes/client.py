@@ -267,12 +267,15 @@ class Client:
         nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
         ``NodeError``, so the others' results are not lost."""
         keys = cache_keys(self._secret, ids)
-        plans: dict[tuple[str, str], _Plan | NodeError] = {}
-        for request in requests:
+
+        def plan(request: tuple[str, str]) -> _Plan | NodeError:
             try:
-                plans[request] = self._plan(*request, keys, purpose)
+                return self._plan(*request, keys, purpose)
             except NodeError as exc:
-                plans[request] = exc
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
+            plans = dict(zip(requests, pool.map(plan, requests), strict=True))
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
         union = np.unique(np.concatenate([p.fresh for p in ready] or [np.empty(0, np.intp)]))
         blinder = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
