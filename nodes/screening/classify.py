@@ -175,6 +175,7 @@ def find_parent(
 
 
 _NO_RECORD = {role: ParentFinding(role, NONE, NONE) for role in ("father", "mother")}
+_NO_RECORDS = _NO_RECORD["father"].reasons + _NO_RECORD["mother"].reasons
 
 
 def combine(father: str, mother: str) -> str:
@@ -203,6 +204,8 @@ def classify(
         mother_finding = ParentFinding("mother", NOT_ASKED, NONE)
         reasons = (f"aged {age} on {as_of}: {rules.adult_age} or more",)
         return Classification(child_id, NOT_ELIGIBLE, age, father_finding, mother_finding, reasons)
+    if not father and not mother:  # most children: both parents known, neither on a register
+        return Classification(child_id, NOT_ELIGIBLE, age, *_NO_RECORD.values(), _NO_RECORDS)
     father_finding = find_parent("father", father, as_of, rules)
     mother_finding = find_parent("mother", mother, as_of, rules)
     return Classification(

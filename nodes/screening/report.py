@@ -64,12 +64,36 @@ def public_row(verdict: Classification, retain_ineligible: bool) -> dict[str, An
         and not retain_ineligible
         and verdict.father.status != NOT_ASKED
     ):
-        statuses, reasons, evidence = (WITHHELD, WITHHELD), [WITHHELD], []
-    else:
-        statuses = (verdict.father.status, verdict.mother.status)
-        reasons, evidence = list(verdict.reasons), list(verdict.evidence)
-    values = (verdict.child_id, verdict.classification, *statuses, reasons, evidence)
-    return dict(zip(RESULT_COLUMNS, values, strict=True))
+        return {"child_id": verdict.child_id, **_WITHHELD_ROW}
+    return {
+        "child_id": verdict.child_id,
+        "classification": verdict.classification,
+        "father_status": verdict.father.status,
+        "mother_status": verdict.mother.status,
+        "reasons": list(verdict.reasons),
+        "evidence": list(verdict.evidence),
+    }
+
+
+# The row of most children, shared (never mutated), and its JSON after the child's identifier: a
+# canonical identifier is 18 characters of [0-9X], JSON as it stands.
+_WITHHELD_ROW = {
+    "classification": NOT_ELIGIBLE,
+    "father_status": WITHHELD,
+    "mother_status": WITHHELD,
+    "reasons": [WITHHELD],
+    "evidence": [],
+}
+_WITHHELD_JSON = ", " + json.dumps(_WITHHELD_ROW)[1:]
+
+
+def _row_json(row: Mapping[str, Any]) -> str:
+    if row["father_status"] == WITHHELD and row.keys() == _ROW_KEYS:
+        return '{"child_id": "' + row["child_id"] + '"' + _WITHHELD_JSON
+    return json.dumps(row, ensure_ascii=False)
+
+
+_ROW_KEYS = {"child_id", *_WITHHELD_ROW}
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -86,9 +110,13 @@ def document(result: ScreeningResult) -> dict[str, Any]:
     verdicts = [c.verdict for c in result.children]
     by_class = Counter(v.classification for v in verdicts)
     by_region: dict[str, Counter[str]] = defaultdict(Counter)
-    for child in result.children:
-        by_region[child.region_code or "(blank)"][child.verdict.classification] += 1
-    by_status = Counter(p.status for v in verdicts for p in v.parents)
+    for (region, verdict), n in Counter(
+        (c.region_code, c.verdict.classification) for c in result.children
+    ).items():
+        by_region[region or "(blank)"][verdict] += n
+    by_status = Counter(v.father.status for v in verdicts) + Counter(
+        v.mother.status for v in verdicts
+    )
     changes = result.changes
     return {
         "format": FORMAT,
@@ -140,8 +168,7 @@ def write_document(path: Path, doc: Mapping[str, Any]) -> None:
                 handle.write(f" {json.dumps(key)}: {text},\n")
         handle.write(' "children": [')
         handle.writelines(
-            (",\n  " if i else "\n  ") + json.dumps(row, ensure_ascii=False)
-            for i, row in enumerate(doc["children"])
+            (",\n  " if i else "\n  ") + _row_json(row) for i, row in enumerate(doc["children"])
         )
         handle.write("\n ]\n}\n")
 
@@ -169,11 +196,11 @@ def write_outputs(result: ScreeningResult) -> dict[str, Any]:
         with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(RESULT_COLUMNS)
-            for row in doc["children"]:
-                writer.writerow(
-                    [*(row[c] for c in RESULT_COLUMNS[:4]), "; ".join(row["reasons"]),
-                     " ".join(row["evidence"])]
-                )  # fmt: skip
+            writer.writerows(
+                (row["child_id"], row["classification"], row["father_status"],
+                 row["mother_status"], "; ".join(row["reasons"]), " ".join(row["evidence"]))
+                for row in doc["children"]
+            )  # fmt: skip
         write_document(out / RESULTS_JSON, doc)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:
