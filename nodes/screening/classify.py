@@ -162,7 +162,11 @@ def find_parent(
         return ParentFinding(role, UNKNOWN, UNKNOWN, unknown=parent.why)
     if not parent:  # most parents: one shared finding, not a million equal ones
         return _NO_RECORD[role]
-    ordered = sorted(parent, key=lambda m: (m.record.start or date.min, m.record.status, m.node))
+    ordered = (
+        parent
+        if len(parent) == 1
+        else sorted(parent, key=lambda m: (m.record.start or date.min, m.record.status, m.node))
+    )
     judged = tuple(Judged(m, *judge(m.record, as_of, rules)) for m in ordered)
     counting = {j.match.record.status for j in judged if j.counts}
     for effect, statuses in ((ORPHANING, rules.orphaning), (EIGHT, rules.eight)):

@@ -50,6 +50,7 @@ RESULT_COLUMNS = (
     "evidence",
 )
 WITHHELD = "withheld"
+LISTED = 2000  # candidates the HTML report lists; a page of a province's 100,000 would not open
 MINIMISATION = {
     False: "statuses of parents of not_eligible children are withheld: only counts are kept",
     True: "statuses of parents of not_eligible children are retained (retain_ineligible)",
@@ -352,12 +353,18 @@ def html_report(doc: Mapping[str, Any]) -> str:
         )
     else:
         since = "<p>No earlier run in the history: nothing to compare with.</p>"
+    candidates_rows = [r for r in doc["children"] if r["classification"] in CANDIDATES]
     listed = _table(
         ("child", "class", "father", "mother", "reasons", "evidence"),
         [(r["child_id"], r["classification"], r["father_status"], r["mother_status"],
           "; ".join(r["reasons"]), " ".join(r["evidence"]))
-         for r in doc["children"] if r["classification"] in CANDIDATES],
+         for r in candidates_rows[:LISTED]],
     )  # fmt: skip
+    if len(candidates_rows) > LISTED:
+        listed += (
+            f"<p>The first {LISTED:,} of {len(candidates_rows):,} candidates; all are in "
+            f"{RESULTS_CSV}.</p>"
+        )
     uncovered = doc["uncovered_statuses"]
     warning = (
         f'<p class="warn">No node serves {escape(", ".join(uncovered))}: '
