@@ -161,16 +161,14 @@ def dispute_status(message: psi_pb2.Dispute) -> str:
 # -- node side -----------------------------------------------------------------------------------
 class AccountabilityServicer:
     """The RPCs of mechanisms 4 and 5, for ``DepartmentNode`` to inherit. Needs ``config``,
-    ``registry`` and ``_peer(context)`` from it; every answer is the calling client's own."""
+    ``registry``, ``_peer(context)`` and ``_grant_for`` from it (``nodes.service``); every answer
+    is the calling client's own."""
 
     config: NodeConfig
     registry: Registry
     _peer: Callable[[grpc.ServicerContext], Peer]
     _record: Callable[[dict], None]
-
-    def _grant_for(self, client: str, dataset: str) -> Grant | None:
-        """The grant in force: node.toml's, or a later approval (nodes.registry)."""
-        return self.registry.grant(self.config, client, dataset)
+    _grant_for: Callable[[str, str], Grant | None]
 
     def _known_dataset(self, context: grpc.ServicerContext, dataset: str) -> None:
         if dataset not in self.config.datasets:

@@ -11,7 +11,18 @@ import sys
 
 from psi.errors import KinlinkError
 
-COMMANDS = ("synth", "certs", "node", "query", "demo", "screen", "audit", "catalog", "disputes")
+COMMANDS = (
+    "synth",
+    "certs",
+    "node",
+    "query",
+    "stats",
+    "demo",
+    "screen",
+    "audit",
+    "catalog",
+    "disputes",
+)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -17,6 +17,13 @@
     update_frequency = "P1M"
     responsible_unit = "..."
 
+    [datasets.prison.statistics]       # optional: aggregate statistics (docs/statistics.md)
+    protocols = ["cardinality", "intersection_sum", "grouped_sum"]   # default: none
+    purposes = ["statistics"]          # purposes for statistics only (labelled queries refuse them)
+    min_elements = 100                 # the smallest set a client may ask about
+    max_groups = 16                    # counters per grouped sum
+    min_key_bits = 2048                # clients' Paillier keys (lower only for tests, >= 1024)
+
     [[grants]]                         # who may query what, for which purposes, seeing which fields
     client = "civil-affairs"
     datasets = ["prison"]
@@ -49,6 +56,22 @@ from nodes.budgets import Limits
 from nodes.tls import TlsFiles
 from psi.errors import InputError, Source
 from psi.labels import FIELDS, STATUS_CODES
+from psi.paillier import MIN_GENERATE_BITS, MIN_KEY_BITS
+from psi.stats import PROTOCOLS
+
+STATISTICS_PURPOSE = "statistics"
+
+
+@dataclass(frozen=True)
+class StatisticsPolicy:
+    """Which aggregate statistics a dataset serves (none unless its department opts in), for
+    which purposes, and the bounds that limit what repeated runs reveal (docs/statistics.md)."""
+
+    protocols: tuple[str, ...] = ()
+    purposes: tuple[str, ...] = ()  # reserved for statistics: labelled queries refuse them
+    min_elements: int = 100
+    max_groups: int = 16
+    min_key_bits: int = MIN_KEY_BITS
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,7 @@ class DatasetConfig:
     legal_basis: str = ""
     update_frequency: str = ""
     responsible_unit: str = ""
+    statistics: StatisticsPolicy = field(default_factory=StatisticsPolicy)
 
 
 @dataclass(frozen=True)
@@ -194,7 +218,31 @@ def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
         legal_basis=reader.get("legal_basis", str, ""),
         update_frequency=reader.get("update_frequency", str, ""),
         responsible_unit=reader.get("responsible_unit", str, ""),
+        statistics=_statistics(reader.table("statistics", {})),
     )
+
+
+_STATISTICS_FLOORS = {"min_elements": 1, "max_groups": 1, "min_key_bits": MIN_GENERATE_BITS}
+
+
+def _statistics(reader: TomlReader) -> StatisticsPolicy:
+    if not reader.data:
+        return StatisticsPolicy()
+    protocols = reader.strings("protocols")
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise reader.fail(
+            "protocols", f"unknown {', '.join(unknown)}; known: {', '.join(PROTOCOLS)}"
+        )
+    purposes = reader.strings("purposes", (STATISTICS_PURPOSE,))
+    if protocols and not purposes:
+        raise reader.fail("purposes", "name at least one purpose for the statistics")
+    bounds = {}
+    for key, least in _STATISTICS_FLOORS.items():
+        bounds[key] = reader.get(key, int, getattr(StatisticsPolicy, key))
+        if bounds[key] < least:
+            raise reader.fail(key, f"must be at least {least}")
+    return StatisticsPolicy(protocols, purposes, **bounds)
 
 
 def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from nodes.budgets import Limits
 from nodes.certs import init_federation
-from nodes.config import load_node_config
+from nodes.config import STATISTICS_PURPOSE, StatisticsPolicy, load_node_config
 from nodes.state import BuildReport, NodeState
 from psi.errors import KinlinkError
 from psi.labels import FIELDS, STATUS_CODES
 from psi.oprf import Oprf
+from psi.stats import PROTOCOLS
 from psi.synth import DEPARTMENTS
 
 CLIENT = "civil-affairs"
@@ -29,6 +30,8 @@ ROLL_STATUSES = ("orphan", "de_facto_unattended")
 PURPOSES = ("screening", "verification")
 DEMO_PASSPHRASE = "kinlink demo passphrase, not for production"
 START_TIMEOUT = 60.0
+# The prison opts into every statistic for civil affairs, under the purpose "statistics".
+DEMO_STATISTICS = {"prison": StatisticsPolicy(PROTOCOLS, (STATISTICS_PURPOSE,))}
 
 
 def _toml_list(values) -> str:
@@ -42,15 +45,24 @@ def node_toml(
     limits: Limits,
     fields=FIELDS,
     clients: tuple[str, ...] = (CLIENT,),
+    statistics: StatisticsPolicy | None = None,
 ) -> str:
     statuses = {**DEPARTMENTS, ROLL: ROLL_STATUSES}.get(department, tuple(STATUS_CODES))
     budget = "".join(
         f"{name} = {value}\n" for name, value in vars(limits).items() if value is not None
     )
+    purposes = (*PURPOSES, *statistics.purposes) if statistics else PURPOSES
     grants = "".join(
         f'\n[[grants]]\nclient = "{client}"\ndatasets = ["{department}"]\n'
-        f"purposes = {_toml_list(PURPOSES)}\nfields = {_toml_list(sorted(fields))}\n{budget}"
+        f"purposes = {_toml_list(purposes)}\nfields = {_toml_list(sorted(fields))}\n{budget}"
         for client in clients
+    )
+    offer = (
+        f"\n[datasets.{department}.statistics]\nprotocols = {_toml_list(statistics.protocols)}\n"
+        f"purposes = {_toml_list(statistics.purposes)}\nmin_elements = {statistics.min_elements}\n"
+        f"max_groups = {statistics.max_groups}\nmin_key_bits = {statistics.min_key_bits}\n"
+        if statistics
+        else ""
     )
     return (
         f'[node]\nid = "{department}"\nlisten = "127.0.0.1:0"\nstate = "state"\n'
@@ -61,7 +73,7 @@ def node_toml(
         f"statuses = {_toml_list(statuses)}\n"
         f'legal_basis = "Inner Mongolia notice on the information-sharing and data-comparison '
         f'mechanism for orphans and de facto unattended children"\n'
-        f'update_frequency = "P1M"\nresponsible_unit = "{department} data office"\n{grants}'
+        f'update_frequency = "P1M"\nresponsible_unit = "{department} data office"\n{offer}{grants}'
     )
 
 
@@ -75,6 +87,7 @@ class LocalFederation:
     limits: Limits = field(default_factory=lambda: Limits(10_000_000, 50_000_000, 200_000_000))
     passphrase: str = DEMO_PASSPHRASE
     clients: tuple[str, ...] = (CLIENT,)
+    statistics: Mapping[str, StatisticsPolicy] = field(default_factory=lambda: DEMO_STATISTICS)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -94,7 +107,13 @@ class LocalFederation:
         for department, register in self.registers.items():
             self.config_file(department).parent.mkdir(parents=True, exist_ok=True)
             self.config_file(department).write_text(
-                node_toml(department, register, limits=self.limits, clients=self.clients),
+                node_toml(
+                    department,
+                    register,
+                    limits=self.limits,
+                    clients=self.clients,
+                    statistics=self.statistics.get(department),
+                ),
                 encoding="utf-8",
             )
 

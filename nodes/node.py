@@ -3,7 +3,8 @@
 Every call is tied to the caller's verified certificate name. A session is opened for one dataset,
 purpose and element count; the count is charged against the client's budgets before anything is
 evaluated, and the node then evaluates at most that many elements. The node logs events with
-counts only: it never writes a query element, blinded or not, anywhere.
+counts only: it never writes a query element, blinded or not, anywhere. The checks are shared with
+the statistics service (``nodes.service``), which ``start_node`` serves on the same server.
 """
 
 from __future__ import annotations
@@ -20,19 +21,27 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nodes.accountability import AccountabilityServicer, request_hint
-from nodes.audit.log import AuditLog, check_entry, open_party_log
+from nodes.accountability import AccountabilityServicer
+from nodes.audit.log import AuditLog, open_party_log
 from nodes.audit.receipts import receipt_fields, sign_receipt
-from nodes.budgets import BudgetExceeded, Budgets
-from nodes.config import Grant, NodeConfig
-from nodes.department import server_key
+from nodes.budgets import Budgets
+from nodes.config import NodeConfig
+from nodes.service import (
+    SESSION_SECONDS,
+    NodeService,
+    Problem,
+    chunk_problem,
+    outcome,
+    peer_field,
+    timestamp,
+)
 from nodes.state import NodeState
-from nodes.tls import Peer, peer_identity, server_credentials
-from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
+from nodes.stats_service import STATISTICS_SERVICE, StatisticsServicer, statistics_offer
+from nodes.tls import Peer, server_credentials
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2_grpc
 from protocols.limits import (
     ELEMENTS_PER_CHUNK,
     GRPC_OPTIONS,
@@ -41,21 +50,13 @@ from protocols.limits import (
     TABLE_CHUNK_BYTES,
 )
 from psi.errors import CryptoError, InputError
-from psi.keys import KeyRingError
 from psi.oprf import KeyPair
 from psi.table import FORMAT as TABLE_FORMAT
 from psi.table import Delta, Table
 
-SESSION_SECONDS = 3600
 SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
 
 log = logging.getLogger("kinlink.node")
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 @dataclass
@@ -77,95 +78,9 @@ class _Session:
     transcript: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
 
 
-class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer):
-    def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets, audit: AuditLog):
-        self.config, self.state, self.budgets, self.audit = config, state, budgets, audit
-        self.registry = state.registry
-        self._sessions: dict[str, _Session] = {}
-        self._lock = threading.Lock()
-
-    # -- checks shared by the calls -------------------------------------------------------------
-    def _peer(self, context: grpc.ServicerContext) -> Peer:
-        peer = peer_identity(context)
-        if peer is None:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "a federation client certificate is required"
-            )
-        return peer
-
-    def _record(self, event: dict) -> None:
-        """Append to the audit log (counts and names only) and mirror a line to the node log."""
-        self.audit.append(event)
-        counts = " ".join(f"{k}={v}" for k, v in event.items() if isinstance(v, int))
-        log.info(
-            "%s client=%s dataset=%s %s",
-            event["event"],
-            event.get("peer", {}).get("cn"),
-            event.get("dataset", "-"),
-            counts,
-        )
-
-    def _refuse(self, context, code: grpc.StatusCode, message: str, event: dict) -> None:
-        """Log a refusal with its reason, then end the call with ``code``."""
-        self._record(
-            {**event, "event": "session_refused", "outcome": code.name.lower(), "reason": message}
-        )
-        context.abort(code, message)
-
-    def _checked(self, context, peer: Peer, **text: str) -> dict:
-        """The caller's free-text fields as an audit event base; text that looks like an
-        identity number is refused before it could reach any log."""
-        event = {"peer": _peer_field(peer), **{k: v for k, v in text.items() if v}}
-        try:
-            check_entry({"event": "session_opened", **event}, stored=False)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request refused: {exc}")
-        return event
-
-    def _grant(self, context, peer: Peer, dataset: str, purpose: str, event: dict) -> Grant:
-        if dataset not in self.config.datasets:
-            self._refuse(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"node {self.config.id!r} has no dataset {dataset!r}; "
-                "see GetCatalogue for what it serves",
-                event,
-            )
-        grant = self._grant_for(peer.common_name, dataset)
-        if grant is None:
-            self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"client {peer.common_name!r} is not granted dataset {dataset!r} on "
-                f"node {self.config.id!r}; {request_hint(self.config.id, dataset, purpose)}",
-                event,
-            )
-        if purpose not in grant.purposes:
-            self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"purpose {purpose!r} is not granted to {peer.common_name!r} on dataset "
-                f"{dataset!r}; granted: {', '.join(grant.purposes)}; "
-                + request_hint(self.config.id, dataset, purpose),
-                event,
-            )
-        return grant
-
-    def _epoch(self, context, dataset: str, asked: int, event: dict) -> tuple[int, KeyPair]:
-        try:
-            ring = self.state.keyring()
-            epoch = asked or ring.current(dataset)[0]
-            return epoch, server_key(self.state.oprf, ring, dataset, epoch)
-        except KeyRingError as exc:
-            self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc), event)
-        except InputError as exc:
-            self._refuse(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"dataset {dataset!r} is not built: {exc}",
-                event,
-            )
-
+class DepartmentNode(
+    NodeService[_Session], AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
+):
     # -- the service ----------------------------------------------------------------------------
     def GetCatalogue(self, request, context):
         peer = self._peer(context)
@@ -198,6 +113,7 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
                     table_size=size,
                     allowed_purposes=grant.purposes,
                     suites=[self.state.oprf.suite.name],
+                    statistics=statistics_offer(dataset.statistics, grant),
                 )
             )
         return psi_pb2.Catalogue(
@@ -219,14 +135,7 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
         )
         event["declared"] = request.element_count
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
-        if request.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
-            self._refuse(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {request.protocol_version} is not spoken here; node "
-                f"speaks {', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}",
-                event,
-            )
+        self._version(context, request.protocol_version, event)
         if request.suite != self.state.oprf.suite.name:
             self._refuse(
                 context,
@@ -242,12 +151,7 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
         epoch, key = self._epoch(context, request.dataset_id, request.key_epoch, event)
         event["key_epoch"] = epoch
         version = self.state.latest(request.dataset_id, epoch, grant.fields)
-        try:
-            self.budgets.charge(
-                peer.common_name, request.dataset_id, epoch, request.element_count, grant.limits
-            )
-        except BudgetExceeded as exc:
-            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), event)
+        self._charge(context, peer, request.dataset_id, epoch, request.element_count, grant, event)
         now = time.time()
         session = _Session(
             secrets.token_urlsafe(24),
@@ -282,21 +186,10 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
             table_version=version,
             max_elements_per_chunk=ELEMENTS_PER_CHUNK,
             max_message_bytes=MAX_MESSAGE_BYTES,
-            expires_at=_timestamp(session.expires),
+            expires_at=timestamp(session.expires),
             protocol_version=request.protocol_version,
             element_count=session.declared,
         )
-
-    def _session(self, context, session_id: str, peer: Peer) -> _Session:
-        with self._lock:
-            session = self._sessions.get(session_id)
-        if session is None or session.client.fingerprint != peer.fingerprint:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such open session for this client")
-        if time.time() > session.expires:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "the session expired; open a new one"
-            )
-        return session
 
     def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
         peer = self._peer(context)
@@ -333,53 +226,31 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
                 )
         finally:
             if session is not None:
-                outcome = (
-                    {"outcome": problem[0].name.lower(), "reason": problem[1]}
-                    if problem
-                    else {"outcome": "ok"}
-                )
                 self._record(
                     {
                         "event": "elements_evaluated",
-                        "peer": _peer_field(peer),
+                        "peer": peer_field(peer),
                         "session_id": session.id,
                         "dataset": session.dataset,
                         "evaluated": session.evaluated,
                         "chunks": session.chunks,
-                        **outcome,
+                        **outcome(problem),
                     }
                 )
         if problem:
             context.abort(*problem)
 
-    def _chunk_problem(self, session: _Session, chunk, expected: int):
+    def _chunk_problem(self, session: _Session, chunk, expected: int) -> Problem | None:
         """Why a chunk breaks the session's contract, or None."""
-        width = self.state.oprf.suite.element_size
-        if chunk.session_id and chunk.session_id != session.id:
-            return grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session"
-        if chunk.sequence != expected:
-            return (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk sequence {chunk.sequence} out of order; expected {expected}",
-            )
-        if chunk.count > ELEMENTS_PER_CHUNK:
-            return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"chunk of {chunk.count} elements; at most {ELEMENTS_PER_CHUNK}",
-            )
-        if len(chunk.elements) != chunk.count * width:
-            return (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk {chunk.sequence}: {len(chunk.elements)} bytes for {chunk.count} "
-                f"elements of {width} bytes",
-            )
-        if session.evaluated + chunk.count > session.declared:
-            return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the session declared {session.declared} elements; "
-                f"{session.evaluated + chunk.count} sent",
-            )
-        return None
+        return chunk_problem(
+            session.id,
+            chunk,
+            expected,
+            width=self.state.oprf.suite.element_size,
+            per_chunk=ELEMENTS_PER_CHUNK,
+            done=session.evaluated,
+            declared=session.declared,
+        )
 
     def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
         peer = self._peer(context)
@@ -464,24 +335,20 @@ class DepartmentNode(AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
             elements_declared=session.declared,
             elements_evaluated=session.evaluated,
             chunks_evaluated=session.chunks,
-            opened_at=_timestamp(session.opened),
-            closed_at=_timestamp(time.time()),
+            opened_at=timestamp(session.opened),
+            closed_at=timestamp(time.time()),
             transcript_hash=session.transcript.digest(),
         )
         self._record(
             {
                 "event": "receipt_issued",
                 **receipt_fields(receipt),
-                "peer": _peer_field(peer),
+                "peer": peer_field(peer),
                 "outcome": "ok",
             }
         )
         sign_receipt(receipt, self.audit, self.audit.sign_tree_head())
         return receipt
-
-
-def _peer_field(peer: Peer) -> dict:
-    return {"cn": peer.common_name, "fingerprint": peer.fingerprint}
 
 
 def _sha256(path: Path) -> bytes:
@@ -532,11 +399,15 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     psi_pb2_grpc.add_DepartmentNodeServicer_to_server(
         DepartmentNode(config, state, budgets, audit), server
     )
+    stats_pb2_grpc.add_StatisticsServicer_to_server(
+        StatisticsServicer(config, state, budgets, audit), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE,
+            STATISTICS_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -155,15 +155,22 @@ class NodeState:
         rows = sql_rows(dataset.url, dataset.query, dataset.columns)
         return read_rows(rows, f"{dataset.id} query")
 
+    def served_register(self, dataset_id: str, ring: KeyRing | None = None) -> Register:
+        """The register as the node serves it, in tables and statistics alike: without the
+        records withdrawn by a dispute."""
+        ring = ring or self.keyring()
+        return self.registry.without_withdrawn(
+            dataset_id,
+            self.read_register(self.config.datasets[dataset_id]),
+            ring.handle_key(dataset_id),
+        )
+
     def build(self, dataset_id: str, progress: Progress | None = None) -> list[BuildReport]:
         """(Re)build every profile's table of a dataset for the current epoch. Only people not
         evaluated before are evaluated; a version is published only when something changed."""
-        dataset = self.config.datasets[dataset_id]
         ring = self._writable_keyring()
         self._save_keyring(ring)
-        register = self.registry.without_withdrawn(  # records withdrawn by a dispute
-            dataset_id, self.read_register(dataset), ring.handle_key(dataset_id)
-        )
+        register = self.served_register(dataset_id, ring)
         (self.root / dataset_id).mkdir(parents=True, exist_ok=True)
         write_rejects(self.root / dataset_id / "rejects.csv", register.rejects)
         epoch, _ = ring.current(dataset_id)

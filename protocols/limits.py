@@ -5,7 +5,8 @@ protocol version two peers speak.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -77,6 +78,24 @@ def chunk_elements(
         raise ValueError(f"elements must be an (n, element_size) array, got shape {elements.shape}")
     for lo, hi in _spans(len(elements), per_chunk):
         yield elements[lo:hi]
+
+
+M = TypeVar("M")
+
+
+def element_messages(
+    message: Callable[..., M], session_id: str, elements: np.ndarray, per_chunk: int
+) -> Iterator[M]:
+    """The messages of a client's element stream: ``message(session_id, sequence, count,
+    elements)`` per chunk, the session id in the first only (psi.proto EvaluateChunk, stats.proto
+    ElementChunk)."""
+    for sequence, block in enumerate(chunk_elements(elements, per_chunk)):
+        yield message(
+            session_id=session_id if sequence == 0 else "",
+            sequence=sequence,
+            count=len(block),
+            elements=block.tobytes(),
+        )
 
 
 def chunk_payload(

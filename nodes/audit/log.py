@@ -71,7 +71,16 @@ EVENTS = (
     "catalogue_changed",
     "catalogue_request",
 )
-TEXT_FIELDS = ("session_id", "dataset", "purpose", "legal_basis_ref", "outcome", "reason", "detail")
+TEXT_FIELDS = (
+    "session_id",
+    "dataset",
+    "purpose",
+    "legal_basis_ref",
+    "protocol",  # a statistics protocol (psi.stats.PROTOCOLS); absent for labelled queries
+    "outcome",
+    "reason",
+    "detail",
+)
 COUNT_FIELDS = (
     "declared",  # elements the client declared (and the node charged) for a session
     "evaluated",  # elements the node evaluated
@@ -82,6 +91,9 @@ COUNT_FIELDS = (
     "key_epoch",
     "table_version",
     "base_version",
+    "set_size",  # statistics: elements of the node's set, |Y|
+    "intersection",  # statistics: |X ∩ Y|, where the node learns it (intersection-sum)
+    "groups",  # statistics: groups of a grouped sum
 )
 LOG_FIELDS = ("index", "time")  # set by the log, never by the caller
 FIELDS = ("event", "peer", *TEXT_FIELDS, *COUNT_FIELDS, *LOG_FIELDS)

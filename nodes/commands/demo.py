@@ -22,10 +22,12 @@ from nodes.config import load_federation
 from nodes.federation import PURPOSES, ROLL, LocalFederation
 from nodes.roster import parent_ids, read_roster
 from nodes.screening import ScreeningResult, roll_register, screen
+from nodes.stats_client import StatsClient, StatsResult
 from psi.errors import InputError
 from psi.synth import expected_matches, generate_city, write_city
 
 EXIT_MISMATCH = 1
+STATISTICS_NODE = "prison"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 purpose=PURPOSES[0],
                 legal_basis_ref="demo",
             )
+            counted = _count(client, federation, parents)
         screening = screen(
             federation.federation_file, roster, as_of, args.out, history_dir=args.out / "history"
         )
@@ -128,6 +131,21 @@ def run(args: argparse.Namespace) -> int:
             "synthetic data (which no party needed)"
         )
         verdict = 0 if equal else EXIT_MISMATCH
+    if counted is not None:
+        agrees = (
+            ""
+            if expected is None
+            else (
+                " (equal to the plaintext join)"
+                if counted.intersection == len(expected[counted.node])
+                else " (DIFFERS FROM the plaintext join)"
+            )
+        )
+        print(
+            f"\nstatistics: {counted.intersection} of {counted.queried} parents are in the "
+            f"{counted.node} register{agrees}; by PSI-cardinality civil affairs learned the "
+            f"count, not who, and the {counted.node} node only that {counted.queried} were asked"
+        )
     print(f"\n{summary(screening)}\nHTML report: {args.out / 'report.html'}")
     if expected is not None:
         truth = {t.child_id: t.classification for t in city.truth}
@@ -144,6 +162,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"node state and logs: {args.out / 'federation'}/<node>/state")
     print(f"done in {time.perf_counter() - started:.1f} s; nodes stopped")
     return 3 if failed else verdict
+
+
+def _count(client: Client, federation: LocalFederation, parents: list[str]) -> StatsResult | None:
+    """How many parents the prison holds, by PSI-cardinality, where the demo prison offers it."""
+    policy = federation.statistics.get(STATISTICS_NODE)
+    if (
+        STATISTICS_NODE not in federation.registers
+        or not policy
+        or len(parents) < policy.min_elements
+    ):
+        return None
+    return StatsClient(client).run(
+        STATISTICS_NODE, STATISTICS_NODE, parents, purpose=policy.purposes[0]
+    )
 
 
 def _reverse_query(out: Path, screening: ScreeningResult) -> None:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from nodes.client import Client, NodeError, write_matches
+from nodes.commands import read_id_file
 from nodes.config import load_federation
 from nodes.progress import progress
-from psi.ids import read_ids, summary, write_rejects
 
 EXIT_NO_MATCHES = 1  # distinct from a failure (2 for a user mistake, 3 for a node failure)
 EXIT_NODE_FAILED = 3
@@ -34,12 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
-    column = read_ids(args.ids, args.column)
-    print(summary(column), file=sys.stderr)
-    if column.rejects:
-        rejects = args.out.with_name(args.out.stem + ".rejects.csv")
-        write_rejects(rejects, column.rejects)
-        print(f"{len(column.rejects)} invalid identifiers listed in {rejects}", file=sys.stderr)
+    column = read_id_file(args.ids, args.column, args.out)
     ids = sorted({x.decode() for x in column.ids[column.valid].tolist()})
     with Client(federation) as client, progress(2 * len(ids), f"{args.node}/{args.dataset}") as bar:
         try:

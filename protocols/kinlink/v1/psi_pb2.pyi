@@ -53,7 +53,7 @@ class Catalogue(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., catalogue_version: _Optional[int] = ..., audit_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("dataset_id", "title", "status_codes", "label_fields", "legal_basis", "update_frequency", "responsible_unit", "key_epoch", "table_version", "table_size", "allowed_purposes", "suites")
+    __slots__ = ("dataset_id", "title", "status_codes", "label_fields", "legal_basis", "update_frequency", "responsible_unit", "key_epoch", "table_version", "table_size", "allowed_purposes", "suites", "statistics")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     STATUS_CODES_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class Dataset(_message.Message):
     TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_PURPOSES_FIELD_NUMBER: _ClassVar[int]
     SUITES_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     title: str
     status_codes: _containers.RepeatedScalarFieldContainer[str]
@@ -78,7 +79,22 @@ class Dataset(_message.Message):
     table_size: int
     allowed_purposes: _containers.RepeatedScalarFieldContainer[str]
     suites: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dataset_id: _Optional[str] = ..., title: _Optional[str] = ..., status_codes: _Optional[_Iterable[str]] = ..., label_fields: _Optional[_Iterable[str]] = ..., legal_basis: _Optional[str] = ..., update_frequency: _Optional[str] = ..., responsible_unit: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., table_size: _Optional[int] = ..., allowed_purposes: _Optional[_Iterable[str]] = ..., suites: _Optional[_Iterable[str]] = ...) -> None: ...
+    statistics: StatisticsOffer
+    def __init__(self, dataset_id: _Optional[str] = ..., title: _Optional[str] = ..., status_codes: _Optional[_Iterable[str]] = ..., label_fields: _Optional[_Iterable[str]] = ..., legal_basis: _Optional[str] = ..., update_frequency: _Optional[str] = ..., responsible_unit: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., table_size: _Optional[int] = ..., allowed_purposes: _Optional[_Iterable[str]] = ..., suites: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Union[StatisticsOffer, _Mapping]] = ...) -> None: ...
+
+class StatisticsOffer(_message.Message):
+    __slots__ = ("protocols", "purposes", "min_elements", "max_groups", "min_key_bits")
+    PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    MIN_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_KEY_BITS_FIELD_NUMBER: _ClassVar[int]
+    protocols: _containers.RepeatedScalarFieldContainer[str]
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    min_elements: int
+    max_groups: int
+    min_key_bits: int
+    def __init__(self, protocols: _Optional[_Iterable[str]] = ..., purposes: _Optional[_Iterable[str]] = ..., min_elements: _Optional[int] = ..., max_groups: _Optional[int] = ..., min_key_bits: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version")
