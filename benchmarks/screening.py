@@ -250,20 +250,19 @@ class Probe:
 
             def __init__(self, config, **kwargs):
                 super().__init__(config, **kwargs)
-                blind, finalize = self.oprf.blind_batch, self.oprf.finalize_batch
+                blind, finalize = self.oprf.blind_batch, self.oprf.finalize_inverted
 
                 def blind_batch(inputs, *args, **kw):
                     with probe.lock:
                         probe.blinded += len(inputs)
-                    with probe.step("query_many.blind"):
-                        return blind(inputs, *args, **kw)
+                    return blind(inputs, *args, **kw)
 
-                def finalize_batch(inputs, *args, **kw):
+                def finalize_inverted(inputs, *args, **kw):
                     with probe.lock:
                         probe.finalized += len(inputs)
                     return finalize(inputs, *args, **kw)
 
-                self.oprf.blind_batch, self.oprf.finalize_batch = blind_batch, finalize_batch
+                self.oprf.blind_batch, self.oprf.finalize_inverted = blind_batch, finalize_inverted
 
             def _plan(self, *args, **kw):
                 with probe.step("query_many.plan"):
@@ -457,7 +456,6 @@ def run_screen(
             "phases_seconds": dict(answer.timings),
         }
     plans = sum(a.timings.get("plan", 0.0) for a in probe.results.values())
-    blind = max((a.timings.get("blind", 0.0) for a in probe.results.values()), default=0.0)
     sent, received = sum(probe.wire.sent.values()), sum(probe.wire.received.values())
     cpu_by_step = {
         side: {name.lstrip("_"): probe.cpu[side][name] for name in STEPS}
@@ -469,10 +467,7 @@ def run_screen(
         inner = probe.cpu[side]
         steps_cpu["  query_many"] = inner["query_many"]
         steps_cpu["  query_many.plan"] = inner["query_many.plan"]
-        steps_cpu["  query_many.blind"] = inner["query_many.blind"]
-        steps_cpu["  query_many.concurrent"] = (
-            inner["query_many"] - inner["query_many.plan"] - inner["query_many.blind"]
-        )
+        steps_cpu["  query_many.pipeline"] = inner["query_many"] - inner["query_many.plan"]
     return {
         "as_of": as_of.isoformat(),
         "wall_seconds": wall,
@@ -482,8 +477,7 @@ def run_screen(
             "catalogues_and_plan": steps["plan"],
             "query_many": probe.query_many_seconds,
             "  client_plan_sequential": plans,
-            "  blind": blind,
-            "  per_node_concurrent": probe.query_many_seconds - plans - blind,
+            "  pipeline_blind_evaluate_finalize": probe.query_many_seconds - plans,
             "collect_matches": steps["ask"] - probe.query_many_seconds,
         },
         "nodes": per_node,

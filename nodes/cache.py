@@ -1,60 +1,114 @@
 """Finalized OPRF outputs kept per (dataset, epoch), so that nobody evaluates an identifier twice.
 
-Rows are keyed by an HMAC of the identifier under a secret of the cache's owner (a department's
-handle key, a client's local secret): the file alone names nobody, and cannot be tested against
-candidate identifiers without that secret. Each ``put`` is one transaction, committed at once, so an
-interrupted run keeps everything it finished.
+Rows are keyed by a keyed BLAKE2b of the identifier under a secret of the cache's owner (a
+department's handle key, a client's local secret): the file alone names nobody, and cannot be
+tested against candidate identifiers without that secret.
+
+The file is append-only: a header, then fixed-size records (key, output). ``put`` appends and
+fsyncs, so an interrupted build or query keeps everything it finished, and costs only what it
+adds; a torn last record (a crash mid-write) is ignored on reading. Reading sorts the keys once,
+and lookups are one ``searchsorted`` for a whole batch: a rerun looks up two million identifiers
+in about a second instead of row by row. Two processes appending at once interleave whole
+records; the worst case is an output evaluated twice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import sqlite3
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
-_DOMAIN = b"kinlink-output-cache-v1:"
-_BATCH = 500  # SQLite's host-parameter limit is 999 on older builds
+import numpy as np
+
+from psi.errors import InputError, Source
+
+MAGIC = b"KLOC\x00\x02"  # kinlink output cache, format 2
+KEY_BYTES = 16
+_PERSON = b"kinlink-out-v1"  # BLAKE2b personalisation: keys of this cache and nothing else
+
+
+def cache_keys(secret: bytes, identifiers: Sequence[str]) -> np.ndarray:
+    """The cache keys (n, 2) uint64 of canonical identifiers under ``secret``."""
+    keys = b"".join(
+        hashlib.blake2b(x.encode(), key=secret, digest_size=KEY_BYTES, person=_PERSON).digest()
+        for x in identifiers
+    )
+    return np.frombuffer(keys, dtype="<u8").reshape(-1, 2)
 
 
 class OutputCache:
-    def __init__(self, path: Path | str, secret: bytes):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outputs (id BLOB PRIMARY KEY, output BLOB NOT NULL)"
-        )
-        self._secret = secret
+    """The outputs (``width`` bytes each) of one (dataset, epoch) in one file."""
 
-    def key(self, identifier: str) -> bytes:
-        return hmac.new(self._secret, _DOMAIN + identifier.encode(), hashlib.sha256).digest()[:16]
+    def __init__(self, path: Path | str, secret: bytes, width: int = 64):
+        self.path, self.secret, self.width = Path(path), secret, width
+        self._header = MAGIC + width.to_bytes(2, "big")
+        self._dtype = np.dtype([("key", "<u8", (2,)), ("output", np.uint8, (width,))])
+        self._sorted: np.ndarray | None = None
 
-    def get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for lo in range(0, len(keys), _BATCH):
-            part = keys[lo : lo + _BATCH]
-            marks = ",".join("?" * len(part))
-            found.update(
-                self._db.execute(f"SELECT id, output FROM outputs WHERE id IN ({marks})", part)
+    def keys(self, identifiers: Sequence[str]) -> np.ndarray:
+        return cache_keys(self.secret, identifiers)
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every complete record, its order by first key word, and the first words so sorted.
+        A key put twice (two writers racing) may stay twice: its output is the same."""
+        if self._sorted is not None:
+            return self._sorted
+        records = np.empty(0, self._dtype)
+        data = self.path.read_bytes() if self.path.exists() else b""
+        if len(data) > len(self._header):
+            if not data.startswith(self._header):
+                raise InputError(
+                    f"not an output cache of {self.width}-byte outputs; delete it to start "
+                    "afresh (it only saves work)",
+                    Source(str(self.path)),
+                )
+            body = memoryview(data)[len(self._header) :]
+            records = np.frombuffer(
+                body[: len(body) - len(body) % self._dtype.itemsize], self._dtype
             )
-        return found
+        first = np.ascontiguousarray(records["key"][:, 0])
+        order = np.argsort(first)
+        self._sorted = records, order, first[order]
+        return self._sorted
 
-    def put(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, outputs): a mask over ``keys`` and an (n, width) array, zero where not found.
+        One binary search on the keys' first word for the whole batch (needles sorted first:
+        three times faster at two million); the second word settles it, and a first word
+        shared by several keys (about one cache of two million in ten million) is walked."""
+        records, order, first = self._index()
+        if not len(records) or not len(keys):
+            return np.zeros(len(keys), bool), np.zeros((len(keys), self.width), np.uint8)
+        by_first = np.argsort(keys[:, 0])
+        where = np.empty(len(keys), np.intp)
+        where[by_first] = np.searchsorted(first, keys[by_first, 0])
+        where = np.minimum(where, len(records) - 1)
+        found = (records["key"][order[where]] == keys).all(axis=1)
+        for i in np.flatnonzero(~found & (first[where] == keys[:, 0])):
+            run = range(int(where[i]), int(np.searchsorted(first, keys[i, 0], side="right")))
+            hits = [j for j in run if records["key"][order[j], 1] == keys[i, 1]]
+            found[i], where[i] = bool(hits), hits[0] if hits else where[i]
+        outputs = records["output"][order[where]]
+        outputs[~found] = 0
+        return found, outputs
 
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> OutputCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def put(self, keys: np.ndarray, outputs: np.ndarray) -> None:
+        """Append and make durable before returning."""
+        if not len(keys):
+            return
+        records = np.empty(len(keys), self._dtype)
+        records["key"], records["output"] = keys, outputs
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        whole = size - (size - len(self._header)) % self._dtype.itemsize
+        with open(self.path, "ab") as handle:
+            if size <= len(self._header):  # new, or torn inside the header
+                handle.truncate(0)
+                handle.write(self._header)
+            elif whole != size:  # a torn last record: drop it, keep alignment
+                handle.truncate(whole)
+            handle.write(records.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._sorted = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +27,16 @@ import numpy as np
 
 from nodes.audit.log import open_party_log
 from nodes.audit.receipts import ReceiptError, receipt_fields, verify_receipt
-from nodes.cache import OutputCache
+from nodes.cache import OutputCache, cache_keys
 from nodes.config import FederationConfig
 from nodes.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
-from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, chunk_elements, negotiate
+from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
 from psi.errors import InputError, KinlinkError
 from psi.labels import REGISTER_COLUMNS, Label
-from psi.matching import lookup
+from psi.matching import lookup_tags
 from psi.oprf import Oprf
-from psi.table import Delta, Table, apply
+from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive
 
 MATCH_COLUMNS = (
     *REGISTER_COLUMNS[:-1],
@@ -49,6 +50,13 @@ MATCH_COLUMNS = (
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 CALL_TIMEOUT = 30.0
+# Elements per blinding block and per Evaluate message: small enough that nodes start evaluating
+# early and answers are finalized while other nodes still compute, large enough to amortise calls.
+STREAM_CHUNK = 8192
+# What the client keeps per identifier and (node, dataset, epoch): the table tag and label key
+# derived from the OPRF output (psi.table.derive), not the output itself. They do not change with
+# the table version, so a rerun matches two million identifiers without hashing any again.
+DERIVED_BYTES = TAG_BYTES + KEY_BYTES
 
 Progress = Callable[[int], None]
 
@@ -83,11 +91,53 @@ class _Plan:
     dataset: str
     epoch: int
     version: int  # negotiated protocol version
-    folder: Path
-    keys: list[bytes]  # cache keys of the identifiers, in query order
-    outputs: np.ndarray  # (n, Nh): cached rows filled, fresh rows filled by _complete
-    fresh: list[int]  # indices of identifiers to evaluate at the node
+    cache: OutputCache  # of (node, dataset, epoch); its folder holds the table copy too
+    derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
+    fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
     timings: dict[str, float]
+
+
+class _Blinder:
+    """Blinds identifiers block by block, in a thread of its own, for every node at once: a
+    node's stream sends each block as soon as it is ready, so the nodes evaluate while later
+    blocks are blinded and earlier answers finalized. Keeps the blinded elements and the
+    blinds' inverses (one inversion per identifier, whatever the number of nodes)."""
+
+    def __init__(self, oprf: Oprf, inputs: list[bytes], progress: Progress | None):
+        self.oprf, self.inputs, self.progress = oprf, inputs, progress
+        self.blinded = np.empty((len(inputs), oprf.suite.element_size), np.uint8)
+        self.inverses = np.empty((len(inputs), oprf.suite.scalar_size), np.uint8)
+        self.seconds = 0.0
+        self._ready = 0
+        self._failed = False
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            for lo in range(0, len(self.inputs), STREAM_CHUNK):
+                hi = min(lo + STREAM_CHUNK, len(self.inputs))
+                blinds, self.blinded[lo:hi] = self.oprf.blind_batch(
+                    self.inputs[lo:hi], progress=self.progress
+                )
+                self.inverses[lo:hi] = self.oprf.invert_blinds(blinds)
+                with self._changed:
+                    self._ready = hi
+                    self._changed.notify_all()
+        except BaseException:
+            with self._changed:
+                self._failed = True
+                self._changed.notify_all()
+            raise
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def wait(self, rows: int) -> None:
+        """Until the first ``rows`` are blinded; a failed blinding ends the waiting stream."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready >= rows or self._failed)
+            if self._ready < rows:
+                raise KinlinkError("blinding failed; the query stopped")
 
 
 class Client:
@@ -213,36 +263,45 @@ class Client:
     ) -> dict[tuple[str, str], QueryResult | NodeError]:
         """The same identifiers against several (node, dataset) pairs at once. Identifiers are
         blinded once and the same blinded elements go to every node that needs them (each node
-        sees uniformly random elements either way; see docs/threat-model.md). A failed node's entry
-        is its ``NodeError``, so the others' results are not lost."""
-        plans: dict[tuple[str, str], _Plan | NodeError] = {}
-        for request in requests:
+        sees uniformly random elements either way; see docs/threat-model.md). Blinding, the
+        nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
+        ``NodeError``, so the others' results are not lost."""
+        keys = cache_keys(self._secret, ids)
+
+        def plan(request: tuple[str, str]) -> _Plan | NodeError:
             try:
-                plans[request] = self._plan(*request, ids, purpose)
+                return self._plan(*request, keys, purpose)
             except NodeError as exc:
-                plans[request] = exc
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
+            plans = dict(zip(requests, pool.map(plan, requests), strict=True))
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
-        union = sorted(set().union(*(p.fresh for p in ready)))
-        started = time.perf_counter()
-        blinds, blinded = self.oprf.blind_batch([ids[i].encode() for i in union], progress=progress)
-        blinding = time.perf_counter() - started
-        row = {index: position for position, index in enumerate(union)}
+        union = np.unique(np.concatenate([p.fresh for p in ready] or [np.empty(0, np.intp)]))
+        blinder = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
 
         def complete(plan: _Plan) -> QueryResult | NodeError:
-            rows = [row[i] for i in plan.fresh]
-            plan.timings["blind"] = blinding
             try:
                 return self._complete(
-                    plan, ids, blinds[rows], blinded[rows], purpose, legal_basis_ref, progress
+                    plan,
+                    ids,
+                    keys,
+                    blinder,
+                    np.searchsorted(union, plan.fresh),
+                    purpose,
+                    legal_basis_ref,
+                    progress,
                 )
             except NodeError as exc:
                 return exc
 
-        with ThreadPoolExecutor(max_workers=max(1, len(ready))) as pool:
+        with ThreadPoolExecutor(max_workers=len(ready) + 1) as pool:
+            blinding = pool.submit(blinder.run)
             done = iter(list(pool.map(complete, ready)))
+            blinding.result()  # a blinding failure is the caller's, not a node's
         return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
 
-    def _plan(self, node: str, dataset: str, ids: Sequence[str], purpose: str) -> _Plan:
+    def _plan(self, node: str, dataset: str, keys: np.ndarray, purpose: str) -> _Plan:
         """What a query needs from the node: its epoch, and which identifiers have no cached
         output for that epoch yet."""
         started = time.perf_counter()
@@ -260,65 +319,43 @@ class Client:
                 + request_hint(node, dataset, purpose),
             )
         folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
-        cache = OutputCache(folder / "outputs.sqlite", self._secret)
-        try:
-            keys = [cache.key(x) for x in ids]
-            known = cache.get(keys)
-        finally:
-            cache.close()
-        outputs = np.empty((len(ids), self.oprf.suite.output_size), np.uint8)
-        fresh = []
-        for i, k in enumerate(keys):
-            if k in known:
-                outputs[i] = np.frombuffer(known[k], np.uint8)
-            else:
-                fresh.append(i)
+        cache = OutputCache(folder / "derived.bin", self._secret, DERIVED_BYTES)
+        found, derived = cache.lookup(keys)
         timings = {"plan": time.perf_counter() - started}
-        return _Plan(node, dataset, entry.key_epoch, version, folder, keys, outputs, fresh, timings)
+        return _Plan(
+            node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
+        )
 
     def _complete(
         self,
         plan: _Plan,
         ids: Sequence[str],
-        blinds: np.ndarray,
-        blinded: np.ndarray,
+        keys: np.ndarray,
+        blinder: _Blinder,
+        rows: np.ndarray,
         purpose: str,
         legal_basis_ref: str,
         progress: Progress | None,
     ) -> QueryResult:
-        """Evaluate the plan's fresh identifiers at the node, finalize, cache, fetch, match."""
+        """Evaluate the plan's fresh identifiers (``rows`` of the blinder) at the node, finalize
+        as answers arrive, cache, fetch the table, match."""
         receipt = None
-        if plan.fresh:
+        if len(plan.fresh):
             t = time.perf_counter()
-            evaluated, receipt = self._evaluate(
-                plan.node,
-                plan.dataset,
-                purpose,
-                legal_basis_ref,
-                plan.epoch,
-                plan.version,
-                blinded,
-            )
+            receipt = self._evaluate(plan, ids, blinder, rows, purpose, legal_basis_ref, progress)
             plan.timings["evaluate"] = time.perf_counter() - t
-            t = time.perf_counter()
-            inputs = [ids[i].encode() for i in plan.fresh]
-            new = self.oprf.finalize_batch(inputs, blinds, evaluated, progress=progress)
-            plan.timings["finalize"] = time.perf_counter() - t
-            plan.outputs[plan.fresh] = new
-            cache = OutputCache(plan.folder / "outputs.sqlite", self._secret)
-            try:
-                cache.put(
-                    [(plan.keys[i], r.tobytes()) for i, r in zip(plan.fresh, new, strict=True)]
-                )
-            finally:
-                cache.close()
+            plan.timings["blind"] = blinder.seconds
+            plan.cache.put(keys[plan.fresh], plan.derived[plan.fresh])
         t = time.perf_counter()
         table, received = self._table(
-            plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.folder
+            plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.cache.path.parent
         )
         plan.timings["table"] = time.perf_counter() - t
+        if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
+            raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
         t = time.perf_counter()
-        found, false_hits = lookup(table, plan.outputs)
+        tags = np.ascontiguousarray(plan.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
+        found, false_hits = lookup_tags(table, tags, plan.derived[:, TAG_BYTES:])
         plan.timings["match"] = time.perf_counter() - t
         return QueryResult(
             plan.node,
@@ -337,34 +374,36 @@ class Client:
 
     def _evaluate(
         self,
-        node: str,
-        dataset: str,
+        plan: _Plan,
+        ids: Sequence[str],
+        blinder: _Blinder,
+        rows: np.ndarray,
         purpose: str,
         legal_basis_ref: str,
-        epoch: int,
-        version: int,
-        blinded: np.ndarray,
-    ) -> tuple[np.ndarray, psi_pb2.SessionReceipt]:
-        stub = self._stub(node)
+        progress: Progress | None,
+    ) -> psi_pb2.SessionReceipt:
+        """One session: blinded blocks stream out as the blinder produces them; each answer is
+        finalized as it arrives, and its table tag and label key kept in ``plan.derived``."""
+        node, stub = plan.node, self._stub(plan.node)
         asked = {
-            "dataset": dataset,
+            "dataset": plan.dataset,
             "purpose": purpose,
             "legal_basis_ref": legal_basis_ref,
-            "declared": len(blinded),
-            "key_epoch": epoch,
+            "declared": len(rows),
+            "key_epoch": plan.epoch,
         }
         try:
             session = self._call(
                 node,
                 lambda: stub.OpenSession(
                     psi_pb2.OpenSessionRequest(
-                        dataset_id=dataset,
+                        dataset_id=plan.dataset,
                         purpose_code=purpose,
                         legal_basis_ref=legal_basis_ref,
-                        element_count=len(blinded),
+                        element_count=len(rows),
                         suite=self.oprf.suite.name,
-                        key_epoch=epoch,
-                        protocol_version=version,
+                        key_epoch=plan.epoch,
+                        protocol_version=plan.version,
                     ),
                     timeout=CALL_TIMEOUT,
                 ),
@@ -380,24 +419,43 @@ class Client:
                 },
             )
             raise
-        per_chunk = session.max_elements_per_chunk
+        per_chunk = min(session.max_elements_per_chunk, STREAM_CHUNK)
 
         def chunks() -> Iterator[psi_pb2.EvaluateChunk]:
-            for sequence, block in enumerate(chunk_elements(blinded, per_chunk)):
+            for sequence, lo in enumerate(range(0, len(rows), per_chunk)):
+                part = rows[lo : lo + per_chunk]
+                blinder.wait(int(part[-1]) + 1)
                 yield psi_pb2.EvaluateChunk(
                     session_id=session.session_id if sequence == 0 else "",
                     sequence=sequence,
-                    count=len(block),
-                    elements=block.tobytes(),
+                    count=len(part),
+                    elements=blinder.blinded[part].tobytes(),
                 )
 
-        answers = Reassembler(len(blinded), blinded.shape[1])
+        answers = Reassembler(len(rows), self.oprf.suite.element_size)
+        finalizing = 0.0
         try:
             for reply in stub.Evaluate(chunks()):
+                lo = answers.filled
                 answers.add(reply.elements, reply.count, reply.sequence)
+                t = time.perf_counter()
+                fresh = plan.fresh[lo : answers.filled]
+                outputs = self.oprf.finalize_inverted(
+                    [ids[i].encode() for i in fresh],
+                    blinder.inverses[rows[lo : answers.filled]],
+                    answers.array[lo : answers.filled],
+                    progress=progress,
+                )
+                tags, label_keys = derive(plan.dataset, plan.epoch, outputs)
+                plan.derived[fresh, :TAG_BYTES] = tags.astype("<u8").view(np.uint8).reshape(-1, 8)
+                plan.derived[fresh, TAG_BYTES:] = label_keys
+                finalizing += time.perf_counter() - t
+            answers.result()
         except grpc.RpcError as exc:
             raise NodeError(node, exc.code(), exc.details() or "") from None
-        evaluated = answers.result()
+        except WireError as exc:
+            raise NodeError(node, None, f"the answer broke the wire contract: {exc}") from None
+        plan.timings["finalize"] = finalizing
         receipt = self._call(
             node,
             lambda: stub.CloseSession(
@@ -416,7 +474,7 @@ class Client:
                 "detail": f"signed tree head of size {receipt.tree_head.size}",
             },
         )
-        return evaluated, receipt
+        return receipt
 
     def _table(
         self, node: str, dataset: str, epoch: int, purpose: str, legal_basis_ref: str, folder: Path

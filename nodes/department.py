@@ -44,29 +44,22 @@ def evaluate_people(
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, int]:
     """OPRF outputs (n, 64) for canonical ids, and how many had to be computed (not cached)."""
-    outputs = np.empty((len(people), oprf.suite.output_size), dtype=np.uint8)
-    computed = 0
-    for lo in range(0, len(people), CACHE_CHUNK):
-        chunk = people[lo : lo + CACHE_CHUNK]
-        pids = [cache.key(x) for x in chunk] if cache else []
-        known = cache.get(pids) if cache else {}
-        missing = (
-            [i for i, p in enumerate(pids) if p not in known] if cache else list(range(len(chunk)))
-        )
-        for i, p in enumerate(pids):
-            if p in known:
-                outputs[lo + i] = np.frombuffer(known[p], dtype=np.uint8)
-        if progress and len(chunk) > len(missing):
-            progress(len(chunk) - len(missing))
-        if missing:
-            fresh = oprf.evaluate_batch(
-                key.sk, [chunk[i].encode() for i in missing], progress=progress
-            )
-            outputs[[lo + i for i in missing]] = fresh
-            computed += len(missing)
-            if cache:
-                cache.put((pids[i], row.tobytes()) for i, row in zip(missing, fresh, strict=True))
-    return outputs, computed
+    if cache:
+        keys = cache.keys(people)
+        found, outputs = cache.lookup(keys)
+        missing = np.flatnonzero(~found)
+    else:
+        outputs = np.empty((len(people), oprf.suite.output_size), dtype=np.uint8)
+        missing = np.arange(len(people))
+    if progress and len(people) > len(missing):
+        progress(len(people) - len(missing))
+    for lo in range(0, len(missing), CACHE_CHUNK):  # each chunk durable before the next
+        rows = missing[lo : lo + CACHE_CHUNK]
+        fresh = oprf.evaluate_batch(key.sk, [people[i].encode() for i in rows], progress=progress)
+        outputs[rows] = fresh
+        if cache:
+            cache.put(keys[rows], fresh)
+    return outputs, len(missing)
 
 
 def build_dataset_table(

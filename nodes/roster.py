@@ -5,14 +5,12 @@ region_code``; the child's name is never read.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from psi.errors import InputError, Source
-from psi.ids import Reject, mask, read_ids
+from psi.ids import Reject, mask, read_columns
 
 CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
@@ -46,28 +44,15 @@ class Roster:
     rejects: tuple[Reject, ...]
 
 
-def _cells(path: Path, column: str) -> list[str]:
-    """One plain column, row for row as ``read_ids`` reads the file (which it already has, so
-    the file is known to be readable UTF-8 CSV)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
-            if column not in header:
-                raise InputError(f"no column {column!r} in the header", Source(str(path)))
-            index = header.index(column)
-            return [row[index].strip() if index < len(row) else "" for row in reader]
-    except OSError as exc:
-        raise InputError(f"cannot read the file: {exc.strerror}", Source(str(path))) from exc
-
-
 def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
     """Children with canonical identifiers and their parents' identifiers or why they are
     unusable. Invalid, blank or repeated child identifiers and invalid parent identifiers are
     rejects; identifiers are checked as of ``as_of`` (a child born later is not yet one)."""
     path = Path(path)
-    columns = {c: read_ids(path, c, today=as_of) for c in (CHILD_COLUMN, *PARENT_COLUMNS)}
-    regions = _cells(path, REGION_COLUMN)
+    columns, plain = read_columns(
+        path, (CHILD_COLUMN, *PARENT_COLUMNS), (REGION_COLUMN,), today=as_of
+    )
+    regions = [(cell or "").strip() for cell in plain[REGION_COLUMN]]
     rejects = [r for column in columns.values() for r in column.rejects]
     why = {(r.line, r.column): r.reason for r in rejects}
     kids, fathers, mothers = (columns[c] for c in (CHILD_COLUMN, *PARENT_COLUMNS))

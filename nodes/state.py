@@ -6,7 +6,7 @@ Layout (under ``[node] state``)::
     budgets.sqlite                                query budgets (nodes.budgets)
     registry.sqlite                               access requests, approved grants, disputes
     <dataset>/rejects.csv                         bad register rows of the last build (masked)
-    <dataset>/e<epoch>/outputs.sqlite             OPRF outputs of the register (resumable builds)
+    <dataset>/e<epoch>/outputs.bin                OPRF outputs of the register (resumable builds)
     <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
     <dataset>/e<epoch>/<profile>/v000001-v000002.delta
 
@@ -176,17 +176,14 @@ class NodeState:
         epoch, _ = ring.current(dataset_id)
         epoch_dir = self.root / dataset_id / f"e{epoch}"
         epoch_dir.mkdir(parents=True, exist_ok=True)
-        cache = OutputCache(epoch_dir / "outputs.sqlite", ring.handle_key(dataset_id))
+        cache = OutputCache(epoch_dir / "outputs.bin", ring.handle_key(dataset_id))
         reports = []
-        try:
-            profiles = self.registry.profiles(self.config, dataset_id)
-            for fields in sorted(profiles, key=profile_name):
-                reports.append(
-                    self._build_profile(register, ring, dataset_id, epoch, fields, cache, progress)
-                )
-                progress = None  # the evaluations happen once; later profiles hit the cache
-        finally:
-            cache.close()
+        profiles = self.registry.profiles(self.config, dataset_id)
+        for fields in sorted(profiles, key=profile_name):
+            reports.append(
+                self._build_profile(register, ring, dataset_id, epoch, fields, cache, progress)
+            )
+            progress = None  # the evaluations happen once; later profiles hit the cache
         return reports
 
     def _build_profile(

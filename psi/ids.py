@@ -354,44 +354,76 @@ def _column_index(header: list[str], column: str, file: str) -> int:
     )
 
 
-def _data_rows(reader: Iterator[list[str]], index: int) -> Iterator[tuple[int, str | None]]:
-    """(line on which the row starts, its cell) per data row; the cell is None for a row that has
-    fields but too few to reach the column (an empty line is a row of blank cells)."""
-    start = reader.line_num + 1
-    for row in reader:
-        yield start, row[index] if index < len(row) else None if row else ""
-        start = reader.line_num + 1
+def _cell(row: list[str], index: int) -> str | None:
+    """A row's cell in a column: None for a row that has fields but too few to reach the column
+    (an empty line is a row of blank cells)."""
+    return row[index] if index < len(row) else None if row else ""
 
 
-def _read_column(reader: Iterator[list[str]], file: str, column: str, today: date) -> IdColumn:
-    """``read_ids`` on an open CSV reader: chunks of rows through ``normalise_many``."""
+def _id_column(file: str, column: str, starts: list[int], found: list[str | None], today: date):
+    """One chunk of an identifier column through ``normalise_many``: its arrays and rejects."""
+    missing = np.array([cell is None for cell in found], dtype=bool)
+    cells = [cell or "" for cell in found]
+    batch = normalise_many(cells, today=today)
+    empty = (batch.reasons == Reason.BLANK) & ~missing
+    rejects = [
+        Reject(
+            file,
+            starts[i],
+            column,
+            mask(cells[i]),
+            MISSING_CELL if missing[i] else batch.describe(batch.reasons[i]),
+        )
+        for i in np.flatnonzero(~batch.valid & ~empty)
+    ]
+    return batch.ids, batch.valid, empty, rejects
+
+
+def _read_columns(
+    reader: Iterator[list[str]], file: str, ids: Sequence[str], cells: Sequence[str], today: date
+) -> tuple[dict[str, IdColumn], dict[str, list[str | None]]]:
+    """``read_columns`` on an open CSV reader: chunks of rows through ``normalise_many``."""
     header = next(reader, None)
     if header is None:
         raise InputError("the file is empty (no header row)", Source(file))
-    rows = _data_rows(reader, _column_index(header, column, file))
-    lines, ids, valid, blank, rejects = [], [], [], [], []
-    while chunk := list(islice(rows, _CHUNK_ROWS)):
-        starts, found = zip(*chunk, strict=True)
-        missing = np.array([cell is None for cell in found])
-        cells = [cell or "" for cell in found]
-        batch = normalise_many(cells, today=today)
-        empty = (batch.reasons == Reason.BLANK) & ~missing
-        for i in np.flatnonzero(~batch.valid & ~empty):
-            reason = MISSING_CELL if missing[i] else batch.describe(batch.reasons[i])
-            rejects.append(Reject(file, starts[i], column, mask(cells[i]), reason))
+    id_at = {c: _column_index(header, c, file) for c in ids}
+    cell_at = {c: _column_index(header, c, file) for c in cells}
+    lines: list[np.ndarray] = []
+    parts: dict[str, list] = {c: [] for c in ids}
+    plain: dict[str, list[str | None]] = {c: [] for c in cells}
+    start = reader.line_num + 1
+    while True:
+        starts, rows = [], []
+        for row in islice(reader, _CHUNK_ROWS):
+            starts.append(start)
+            rows.append(row)
+            start = reader.line_num + 1
+        if not rows:
+            break
         lines.append(np.array(starts, dtype=np.int64))
-        ids.append(batch.ids)
-        valid.append(batch.valid)
-        blank.append(empty)
-    return IdColumn(
-        file=file,
-        column=column,
-        lines=np.concatenate(lines or [np.zeros(0, dtype=np.int64)]),
-        ids=np.concatenate(ids or [np.zeros(0, dtype="S18")]),
-        valid=np.concatenate(valid or [np.zeros(0, dtype=bool)]),
-        blank=np.concatenate(blank or [np.zeros(0, dtype=bool)]),
-        rejects=tuple(rejects),
-    )
+        for column, index in id_at.items():
+            found = [_cell(row, index) for row in rows]
+            parts[column].append(_id_column(file, column, starts, found, today))
+        for column, index in cell_at.items():
+            plain[column] += [_cell(row, index) for row in rows]
+    every = np.concatenate(lines or [np.zeros(0, dtype=np.int64)])
+
+    def joined(column: str, part: int, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([p[part] for p in parts[column]] or [empty])
+
+    columns = {
+        column: IdColumn(
+            file=file,
+            column=column,
+            lines=every,
+            ids=joined(column, 0, np.zeros(0, dtype="S18")),
+            valid=joined(column, 1, np.zeros(0, dtype=bool)),
+            blank=joined(column, 2, np.zeros(0, dtype=bool)),
+            rejects=tuple(r for p in parts[column] for r in p[3]),
+        )
+        for column in ids
+    }
+    return columns, plain
 
 
 def read_ids(path: str | os.PathLike[str], column: str, *, today: date | None = None) -> IdColumn:
@@ -401,18 +433,26 @@ def read_ids(path: str | os.PathLike[str], column: str, *, today: date | None = 
     becomes a ``Reject``. Rows stream through ``normalise_many`` in chunks. A file that cannot be
     read, is not UTF-8 or lacks the column is an ``InputError`` naming the file.
     """
-    with _csv(path) as (reader, file):
-        return _read_column(reader, file, column, today or date.today())
+    return read_columns(path, [column], today=today)[0][column]
 
 
 def read_cells(path: str | os.PathLike[str], column: str) -> list[str | None]:
     """The raw cells of another column of a file ``read_ids`` read, one per data row in the same
     order (so they align with ``IdColumn.lines``); None where a row has no cell in the column."""
+    return read_columns(path, [], [column])[1][column]
+
+
+def read_columns(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    cells: Sequence[str] = (),
+    *,
+    today: date | None = None,
+) -> tuple[dict[str, IdColumn], dict[str, list[str | None]]]:
+    """``read_ids`` of several identifier columns, and the raw cells (as ``read_cells``) of
+    others, in one pass over the file: a million-row roster is parsed once, not once a column."""
     with _csv(path) as (reader, file):
-        header = next(reader, None)
-        if header is None:
-            raise InputError("the file is empty (no header row)", Source(file))
-        return [cell for _, cell in _data_rows(reader, _column_index(header, column, file))]
+        return _read_columns(reader, file, ids, cells, today or date.today())
 
 
 @contextmanager

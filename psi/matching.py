@@ -14,7 +14,7 @@ import numpy as np
 from psi.errors import CryptoError
 from psi.labels import Label, decode_label
 from psi.oprf import Oprf, Progress
-from psi.table import Table, match
+from psi.table import Table, derive, match_tags
 
 Evaluate = Callable[[np.ndarray], np.ndarray]
 
@@ -48,7 +48,12 @@ def finalize_outputs(
 
 def lookup(table: Table, outputs: np.ndarray) -> tuple[list[Found], int]:
     """Match finalized outputs against a table and decode the labels of the hits only."""
-    result = match(table, outputs)
+    return lookup_tags(table, *derive(table.header.dataset, table.header.epoch, outputs))
+
+
+def lookup_tags(table: Table, tags: np.ndarray, keys: np.ndarray) -> tuple[list[Found], int]:
+    """``lookup`` on the tags and keys ``psi.table.derive`` gives for the outputs."""
+    result = match_tags(table, tags, keys)
     found = [Found(m.query, decode_label(m.label), m.written) for m in result.matches]
     return found, result.false_hits
 

@@ -634,7 +634,12 @@ class MatchResult:
 
 def match(table: Table, outputs: np.ndarray) -> MatchResult:
     """Look up the client's own OPRF outputs: find tags with a binary search, open only the hits."""
-    tags, keys = derive(table.header.dataset, table.header.epoch, outputs)
+    return match_tags(table, *derive(table.header.dataset, table.header.epoch, outputs))
+
+
+def match_tags(table: Table, tags: np.ndarray, keys: np.ndarray) -> MatchResult:
+    """``match`` on ``derive``'s tags and keys, which a client may keep per (dataset, epoch):
+    they do not change with the table version."""
     found, false_hits = _hits(table, tags, keys)
     written = table.written[[entry for _, entry, _ in found]].tolist()
     matches = [

@@ -99,6 +99,25 @@ def test_matches_equal_the_plaintext_join_across_five_nodes(city, federation):
         assert {x for x, _ in again.matches} == expected_matches(c)["prison"]
 
 
+def test_streams_in_blocks_when_nodes_need_different_identifiers(city, federation, monkeypatch):
+    """Many small blinding blocks, and a node that already holds a third of the identifiers: each
+    node's stream takes only its own rows of each block, and every answer lands on its row."""
+    monkeypatch.setattr("nodes.client.STREAM_CHUNK", 37)
+    c, _ = city
+    ids = parents(city)
+    config = load_federation(federation.federation_file)
+    for cached in config.cache.rglob("derived.bin"):  # the audit log stays: reviewers check it
+        cached.unlink()
+    with Client(config) as client:
+        client.query("prison", "prison", ids[::3], purpose="screening")
+        results = client.query_many(
+            [(d, d) for d in federation.registers], ids, purpose="screening"
+        )
+    for (node, _), result in results.items():
+        assert {x for x, _ in result.matches} == expected_matches(c)[node], node
+        assert result.evaluated == len(ids) - (len(ids[::3]) if node == "prison" else 0)
+
+
 def test_labels_carry_statuses_and_handles(city, federation):
     with Client(load_federation(federation.federation_file)) as client:
         result = client.query("disability", "disability", parents(city), purpose="screening")

@@ -137,7 +137,8 @@ def test_outputs_keep_to_data_minimisation(city, first):
     assert html.count("<svg") == 3 and "src=" not in html and "href=" not in html
 
 
-def test_retained_statuses_are_recorded_as_such(city, federation, runs):
+def test_retained_statuses_are_recorded_as_such(city, federation, runs, monkeypatch):
+    monkeypatch.setattr("nodes.screening.report.LISTED", 3)  # a long list is cut in the report
     _, paths = city
     result = screen(
         federation.federation_file,
@@ -152,6 +153,9 @@ def test_retained_statuses_are_recorded_as_such(city, federation, runs):
     shown = [r for r in doc["children"] if r["classification"] == NOT_ELIGIBLE]
     assert not any(WITHHELD in (r["father_status"], r["mother_status"]) for r in shown)
     assert all(n.evaluated == 0 and n.cached == n.queried for n in result.nodes)
+    candidates = sum(n for k, n in result.counts().items() if k in CANDIDATES)
+    html = (runs / "retained" / "report.html").read_text(encoding="utf-8")
+    assert f"The first 3 of {candidates:,} candidates; all are in results.csv" in html
 
 
 def family(city, **wanted) -> list:

@@ -160,7 +160,13 @@ def find_parent(
     """Judge every record of one parent and pick the status that counts."""
     if isinstance(parent, Unknown):
         return ParentFinding(role, UNKNOWN, UNKNOWN, unknown=parent.why)
-    ordered = sorted(parent, key=lambda m: (m.record.start or date.min, m.record.status, m.node))
+    if not parent:  # most parents: one shared finding, not a million equal ones
+        return _NO_RECORD[role]
+    ordered = (
+        parent
+        if len(parent) == 1
+        else sorted(parent, key=lambda m: (m.record.start or date.min, m.record.status, m.node))
+    )
     judged = tuple(Judged(m, *judge(m.record, as_of, rules)) for m in ordered)
     counting = {j.match.record.status for j in judged if j.counts}
     for effect, statuses in ((ORPHANING, rules.orphaning), (EIGHT, rules.eight)):
@@ -170,6 +176,10 @@ def find_parent(
     if any(j.counts is None for j in judged):
         return ParentFinding(role, UNKNOWN, UNKNOWN, judged)
     return ParentFinding(role, NONE, NONE, judged)
+
+
+_NO_RECORD = {role: ParentFinding(role, NONE, NONE) for role in ("father", "mother")}
+_NO_RECORDS = _NO_RECORD["father"].reasons + _NO_RECORD["mother"].reasons
 
 
 def combine(father: str, mother: str) -> str:
@@ -198,6 +208,8 @@ def classify(
         mother_finding = ParentFinding("mother", NOT_ASKED, NONE)
         reasons = (f"aged {age} on {as_of}: {rules.adult_age} or more",)
         return Classification(child_id, NOT_ELIGIBLE, age, father_finding, mother_finding, reasons)
+    if not father and not mother:  # most children: both parents known, neither on a register
+        return Classification(child_id, NOT_ELIGIBLE, age, *_NO_RECORD.values(), _NO_RECORDS)
     father_finding = find_parent("father", father, as_of, rules)
     mother_finding = find_parent("mother", mother, as_of, rules)
     return Classification(

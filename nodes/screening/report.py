@@ -50,6 +50,7 @@ RESULT_COLUMNS = (
     "evidence",
 )
 WITHHELD = "withheld"
+LISTED = 2000  # candidates the HTML report lists; a page of a province's 100,000 would not open
 MINIMISATION = {
     False: "statuses of parents of not_eligible children are withheld: only counts are kept",
     True: "statuses of parents of not_eligible children are retained (retain_ineligible)",
@@ -64,12 +65,36 @@ def public_row(verdict: Classification, retain_ineligible: bool) -> dict[str, An
         and not retain_ineligible
         and verdict.father.status != NOT_ASKED
     ):
-        statuses, reasons, evidence = (WITHHELD, WITHHELD), [WITHHELD], []
-    else:
-        statuses = (verdict.father.status, verdict.mother.status)
-        reasons, evidence = list(verdict.reasons), list(verdict.evidence)
-    values = (verdict.child_id, verdict.classification, *statuses, reasons, evidence)
-    return dict(zip(RESULT_COLUMNS, values, strict=True))
+        return {"child_id": verdict.child_id, **_WITHHELD_ROW}
+    return {
+        "child_id": verdict.child_id,
+        "classification": verdict.classification,
+        "father_status": verdict.father.status,
+        "mother_status": verdict.mother.status,
+        "reasons": list(verdict.reasons),
+        "evidence": list(verdict.evidence),
+    }
+
+
+# The row of most children, shared (never mutated), and its JSON after the child's identifier: a
+# canonical identifier is 18 characters of [0-9X], JSON as it stands.
+_WITHHELD_ROW = {
+    "classification": NOT_ELIGIBLE,
+    "father_status": WITHHELD,
+    "mother_status": WITHHELD,
+    "reasons": [WITHHELD],
+    "evidence": [],
+}
+_WITHHELD_JSON = ", " + json.dumps(_WITHHELD_ROW)[1:]
+
+
+def _row_json(row: Mapping[str, Any]) -> str:
+    if row["father_status"] == WITHHELD and row.keys() == _ROW_KEYS:
+        return '{"child_id": "' + row["child_id"] + '"' + _WITHHELD_JSON
+    return json.dumps(row, ensure_ascii=False)
+
+
+_ROW_KEYS = {"child_id", *_WITHHELD_ROW}
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -86,9 +111,13 @@ def document(result: ScreeningResult) -> dict[str, Any]:
     verdicts = [c.verdict for c in result.children]
     by_class = Counter(v.classification for v in verdicts)
     by_region: dict[str, Counter[str]] = defaultdict(Counter)
-    for child in result.children:
-        by_region[child.region_code or "(blank)"][child.verdict.classification] += 1
-    by_status = Counter(p.status for v in verdicts for p in v.parents)
+    for (region, verdict), n in Counter(
+        (c.region_code, c.verdict.classification) for c in result.children
+    ).items():
+        by_region[region or "(blank)"][verdict] += n
+    by_status = Counter(v.father.status for v in verdicts) + Counter(
+        v.mother.status for v in verdicts
+    )
     changes = result.changes
     return {
         "format": FORMAT,
@@ -128,8 +157,39 @@ def document(result: ScreeningResult) -> dict[str, Any]:
     }
 
 
-def write_outputs(result: ScreeningResult) -> Path:
-    """Write the four output files in ``result.out_dir``; returns the results.json path."""
+def write_document(path: Path, doc: Mapping[str, Any]) -> None:
+    """A results document as JSON: the run's metadata indented for reading, then one line per
+    child, written by the C encoder (a million children in seconds; indenting them all takes a
+    minute)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("{\n")
+        for key, value in doc.items():
+            if key != "children":
+                text = json.dumps(value, ensure_ascii=False, indent=1)
+                handle.write(f" {json.dumps(key)}: {text},\n")
+        handle.write(' "children": [')
+        handle.writelines(
+            (",\n  " if i else "\n  ") + _row_json(row) for i, row in enumerate(doc["children"])
+        )
+        handle.write("\n ]\n}\n")
+
+
+def history_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a run: the candidates' rows and only the identifiers of the
+    not_eligible children, all that the next run's comparison needs (and no more than the
+    minimised results.json shows)."""
+    rows = doc["children"]
+    return {
+        **doc,
+        "children": [r for r in rows if r["classification"] in CANDIDATES],
+        "not_eligible_children": [
+            r["child_id"] for r in rows if r["classification"] == NOT_ELIGIBLE
+        ],
+    }
+
+
+def write_outputs(result: ScreeningResult) -> dict[str, Any]:
+    """Write the four output files in ``result.out_dir``; returns the results.json document."""
     out = result.out_dir
     doc = document(result)
     try:
@@ -137,19 +197,17 @@ def write_outputs(result: ScreeningResult) -> Path:
         with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(RESULT_COLUMNS)
-            for row in doc["children"]:
-                writer.writerow(
-                    [*(row[c] for c in RESULT_COLUMNS[:4]), "; ".join(row["reasons"]),
-                     " ".join(row["evidence"])]
-                )  # fmt: skip
-        (out / RESULTS_JSON).write_text(
-            json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-        )
+            writer.writerows(
+                (row["child_id"], row["classification"], row["father_status"],
+                 row["mother_status"], "; ".join(row["reasons"]), " ".join(row["evidence"]))
+                for row in doc["children"]
+            )  # fmt: skip
+        write_document(out / RESULTS_JSON, doc)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the results in {out}: {exc.strerror}") from exc
     write_rejects(out / REJECTS_CSV, result.rejects)
-    return out / RESULTS_JSON
+    return doc
 
 
 def roll_register(result: ScreeningResult, path: str | Path) -> int:
@@ -295,12 +353,18 @@ def html_report(doc: Mapping[str, Any]) -> str:
         )
     else:
         since = "<p>No earlier run in the history: nothing to compare with.</p>"
+    candidates_rows = [r for r in doc["children"] if r["classification"] in CANDIDATES]
     listed = _table(
         ("child", "class", "father", "mother", "reasons", "evidence"),
         [(r["child_id"], r["classification"], r["father_status"], r["mother_status"],
           "; ".join(r["reasons"]), " ".join(r["evidence"]))
-         for r in doc["children"] if r["classification"] in CANDIDATES],
+         for r in candidates_rows[:LISTED]],
     )  # fmt: skip
+    if len(candidates_rows) > LISTED:
+        listed += (
+            f"<p>The first {LISTED:,} of {len(candidates_rows):,} candidates; all are in "
+            f"{RESULTS_CSV}.</p>"
+        )
     uncovered = doc["uncovered_statuses"]
     warning = (
         f'<p class="warn">No node serves {escape(", ".join(uncovered))}: '
