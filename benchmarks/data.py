@@ -9,7 +9,6 @@ bytes and a table entry 75 bytes (docs/tables.md).
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -92,9 +91,3 @@ def write_register(path: Path, rows: Iterable[Row]) -> Path:
             rec = r.record
             writer.writerow((r.id_number, rec.status, rec.start, rec.end, "", "", r.record_ref))
     return path
-
-
-def load() -> dict[str, float]:
-    """Load averages (1, 5, 15 min) at the time of the call: the machine is shared."""
-    one, five, fifteen = os.getloadavg()
-    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}

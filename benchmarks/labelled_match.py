@@ -52,8 +52,15 @@ from typing import Any
 
 import private_set_intersection.python as openmined
 
-from benchmarks.common import Interference, cpu_seconds, peak_rss_mib, report, wait_until_quiet
-from benchmarks.data import labels, load, overlapping, register_rows
+from benchmarks.common import (
+    Interference,
+    cpu_seconds,
+    load,
+    peak_rss_mib,
+    report,
+    wait_until_quiet,
+)
+from benchmarks.data import labels, overlapping, register_rows
 from nodes.department import key_info
 from psi.labels import decode_label, record_handle
 from psi.oprf import Oprf, cpu_count

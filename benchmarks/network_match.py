@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.common import RESULTS, WireCounter, peak_rss_mib, report
-from benchmarks.data import load, overlapping, register_rows, write_register
+from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
+from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
 from nodes.client import Client
 from nodes.config import load_federation

@@ -63,8 +63,15 @@ from typing import Any
 import grpc
 
 import nodes.screening.run as screening_run
-from benchmarks.common import GRPC_PREFIX, RESULTS, WireCounter, report
-from benchmarks.data import load
+from benchmarks.common import (
+    GRPC_PREFIX,
+    RESULTS,
+    WireCounter,
+    busy_cpu_seconds,
+    cpu_seconds,
+    load,
+    report,
+)
 from benchmarks.oprf_rates import raw_rates
 from nodes.budgets import Limits
 from nodes.client import Client, QueryResult
@@ -369,23 +376,6 @@ def reset_peak_rss_mib() -> float:
     """Reset this process's VmHWM to its current RSS (Linux clear_refs 5); returns that RSS."""
     Path("/proc/self/clear_refs").write_text("5")
     return proc_status_mib("self", "VmHWM")
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """User plus system CPU seconds of this process (all threads) or of a live process."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy so far, all processes (/proc/stat): less our
-    own processes' CPU, it is what others took from the cores during a step."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def loopback_bytes() -> int:

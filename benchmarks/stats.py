@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, WireCounter, peak_rss_mib, report
-from benchmarks.data import load, overlapping, register_rows, write_register
+from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
+from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.network_match import (
     CountingClient,
     build,
