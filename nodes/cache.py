@@ -44,13 +44,13 @@ class OutputCache:
         self.path, self.secret, self.width = Path(path), secret, width
         self._header = MAGIC + width.to_bytes(2, "big")
         self._dtype = np.dtype([("key", "<u8", (2,)), ("output", np.uint8, (width,))])
-        self._sorted: np.ndarray | None = None
+        self._sorted: tuple[np.ndarray, ...] | None = None
 
     def keys(self, identifiers: Sequence[str]) -> np.ndarray:
         return cache_keys(self.secret, identifiers)
 
-    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every complete record, its order by first key word, and the first words so sorted.
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every complete record, its order by first key word, and both key words so sorted.
         A key put twice (two writers racing) may stay twice: its output is the same."""
         if self._sorted is not None:
             return self._sorted
@@ -69,7 +69,7 @@ class OutputCache:
             )
         first = np.ascontiguousarray(records["key"][:, 0])
         order = np.argsort(first)
-        self._sorted = records, order, first[order]
+        self._sorted = records, order, first[order], records["key"][:, 1][order]
         return self._sorted
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,17 +77,18 @@ class OutputCache:
         One binary search on the keys' first word for the whole batch (needles sorted first:
         three times faster at two million); the second word settles it, and a first word
         shared by several keys (about one cache of two million in ten million) is walked."""
-        records, order, first = self._index()
+        records, order, first, second = self._index()
         if not len(records) or not len(keys):
             return np.zeros(len(keys), bool), np.zeros((len(keys), self.width), np.uint8)
         by_first = np.argsort(keys[:, 0])
         where = np.empty(len(keys), np.intp)
         where[by_first] = np.searchsorted(first, keys[by_first, 0])
         where = np.minimum(where, len(records) - 1)
-        found = (records["key"][order[where]] == keys).all(axis=1)
-        for i in np.flatnonzero(~found & (first[where] == keys[:, 0])):
+        same_first = first[where] == keys[:, 0]
+        found = same_first & (second[where] == keys[:, 1])
+        for i in np.flatnonzero(same_first & ~found):
             run = range(int(where[i]), int(np.searchsorted(first, keys[i, 0], side="right")))
-            hits = [j for j in run if records["key"][order[j], 1] == keys[i, 1]]
+            hits = [j for j in run if second[j] == keys[i, 1]]
             found[i], where[i] = bool(hits), hits[0] if hits else where[i]
         outputs = records["output"][order[where]]
         outputs[~found] = 0

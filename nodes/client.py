@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -95,6 +96,15 @@ class _Plan:
     derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
     fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
     timings: dict[str, float]
+
+
+class _Answer(NamedTuple):
+    """What a node returned for a plan: the session's receipt (None when nothing was evaluated),
+    its current table and the payload bytes received."""
+
+    receipt: psi_pb2.SessionReceipt | None
+    table: Table
+    received: int
 
 
 class _Blinder:
@@ -280,9 +290,9 @@ class Client:
         union = np.unique(np.concatenate([p.fresh for p in ready] or [np.empty(0, np.intp)]))
         blinder = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
 
-        def complete(plan: _Plan) -> QueryResult | NodeError:
+        def answer(plan: _Plan) -> _Answer | NodeError:
             try:
-                return self._complete(
+                return self._answer(
                     plan,
                     ids,
                     keys,
@@ -297,8 +307,16 @@ class Client:
 
         with ThreadPoolExecutor(max_workers=len(ready) + 1) as pool:
             blinding = pool.submit(blinder.run)
-            done = iter(list(pool.map(complete, ready)))
+            answers = list(pool.map(answer, ready))
             blinding.result()  # a blinding failure is the caller's, not a node's
+        # Matching and decoding labels hold the GIL, so they wait until every stream has ended:
+        # run beside the streams, they held up each libsodium call of the others' finalizing.
+        done = iter(
+            [
+                a if isinstance(a, NodeError) else self._match(p, ids, a)
+                for p, a in zip(ready, answers, strict=True)
+            ]
+        )
         return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
 
     def _plan(self, node: str, dataset: str, keys: np.ndarray, purpose: str) -> _Plan:
@@ -326,7 +344,7 @@ class Client:
             node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
         )
 
-    def _complete(
+    def _answer(
         self,
         plan: _Plan,
         ids: Sequence[str],
@@ -336,9 +354,9 @@ class Client:
         purpose: str,
         legal_basis_ref: str,
         progress: Progress | None,
-    ) -> QueryResult:
+    ) -> _Answer:
         """Evaluate the plan's fresh identifiers (``rows`` of the blinder) at the node, finalize
-        as answers arrive, cache, fetch the table, match."""
+        as answers arrive, cache, fetch the table."""
         receipt = None
         if len(plan.fresh):
             t = time.perf_counter()
@@ -353,20 +371,25 @@ class Client:
         plan.timings["table"] = time.perf_counter() - t
         if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
             raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
+        return _Answer(receipt, table, received)
+
+    def _match(self, plan: _Plan, ids: Sequence[str], answer: _Answer) -> QueryResult:
+        """The plan's identifiers against the node's table; labels of the hits decoded."""
         t = time.perf_counter()
         tags = np.ascontiguousarray(plan.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
-        found, false_hits = lookup_tags(table, tags, plan.derived[:, TAG_BYTES:])
+        found, false_hits = lookup_tags(answer.table, tags, plan.derived[:, TAG_BYTES:])
         plan.timings["match"] = time.perf_counter() - t
+        receipt = answer.receipt
         return QueryResult(
             plan.node,
             plan.dataset,
             plan.epoch,
-            table.header.version,
+            answer.table.header.version,
             [(ids[f.index], f.label) for f in found],
             len(ids),
             len(plan.fresh),
             receipt,
-            received
+            answer.received
             + (receipt.elements_evaluated * self.oprf.suite.element_size if receipt else 0),
             false_hits,
             plan.timings,
