@@ -107,7 +107,7 @@ class Oprf:
             elements = self.suite.hash_to_group(inputs[lo:hi], self._dst_group)
             return self.suite.scalar_mult(blinds[lo:hi], elements)
 
-        return blinds, self._map(work, len(inputs), self.suite.element_size, progress)
+        return blinds, self.map_rows(work, len(inputs), self.suite.element_size, progress)
 
     def blind_evaluate_batch(
         self, sk: bytes, blinded: np.ndarray, *, progress: Progress | None = None
@@ -115,7 +115,7 @@ class Oprf:
         """The node's side: sk·B per blinded element; bad encodings are rejected unevaluated."""
         key = self._one(sk)
         blinded = np.ascontiguousarray(blinded, dtype=np.uint8)
-        return self._map(
+        return self.map_rows(
             lambda lo, hi: self.suite.scalar_mult(key, blinded[lo:hi]),
             len(blinded),
             self.suite.element_size,
@@ -136,7 +136,7 @@ class Oprf:
     def invert_blinds(self, blinds: np.ndarray) -> np.ndarray:
         """The blinds' inverses, for ``finalize_inverted`` when one set of blinds serves several
         nodes: inverting once instead of once per node."""
-        return self._map(
+        return self.map_rows(
             lambda lo, hi: self.suite.invert_scalars(blinds[lo:hi]),
             len(blinds),
             self.suite.scalar_size,
@@ -171,7 +171,7 @@ class Oprf:
             unblinded = self.suite.scalar_mult(inverses, evaluated[lo:hi])
             return self._finalize_hashes(inputs[lo:hi], unblinded)
 
-        return self._map(work, len(inputs), self.suite.output_size, progress)
+        return self.map_rows(work, len(inputs), self.suite.output_size, progress)
 
     def evaluate_batch(
         self, sk: bytes, inputs: Sequence[bytes], *, progress: Progress | None = None
@@ -184,7 +184,7 @@ class Oprf:
             issued = self.suite.scalar_mult(key, self.suite.hash_to_group(chunk, self._dst_group))
             return self._finalize_hashes(chunk, issued)
 
-        return self._map(work, len(inputs), self.suite.output_size, progress)
+        return self.map_rows(work, len(inputs), self.suite.output_size, progress)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _finalize_hash(self, input: bytes, element: bytes) -> bytes:
@@ -232,15 +232,16 @@ class Oprf:
     def _one(value: bytes) -> np.ndarray:
         return np.frombuffer(value, dtype=np.uint8).reshape(1, -1)
 
-    def _map(
+    def map_rows(
         self,
         work: Callable[[int, int], np.ndarray],
         n: int,
         width: int,
         progress: Progress | None,
     ) -> np.ndarray:
-        """Run ``work`` over row ranges, in parallel when it pays, preserving order. A row error
-        is re-raised with its absolute index."""
+        """Run ``work`` over row ranges, in parallel when it pays, preserving order: the batch
+        machinery of this class, for other protocols over the same suite (``psi.stats``). A row
+        error is re-raised with its absolute index."""
         bounds = [(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)]
 
         def run(lo: int, hi: int) -> np.ndarray:

@@ -81,7 +81,7 @@ class Blinder:
             elements = self.suite.hash_to_group(inputs[lo:hi], DST)
             return self.suite.scalar_mult(self._scalar, elements)
 
-        return self._oprf._map(work, len(inputs), self.suite.element_size, None)
+        return self._oprf.map_rows(work, len(inputs), self.suite.element_size, None)
 
     def blind(self, elements: np.ndarray) -> np.ndarray:
         """k·E for each received element; a non-canonical encoding or the identity raises
