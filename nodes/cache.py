@@ -1,16 +1,17 @@
-"""Finalized OPRF outputs kept per (dataset, epoch), so that nobody evaluates an identifier twice.
+"""What was computed per identifier for one (dataset, epoch), kept so that nobody evaluates an
+identifier twice: a department's OPRF outputs of its register (resumable builds), a client's table
+tag and label key derived from each output it finalized (reruns).
 
 Rows are keyed by a keyed BLAKE2b of the identifier under a secret of the cache's owner (a
 department's handle key, a client's local secret): the file alone names nobody, and cannot be
 tested against candidate identifiers without that secret.
 
-The file is append-only: a header, then fixed-size records (key, output). ``put`` appends and
-fsyncs, so an interrupted build or query keeps everything it finished, and costs only what it
-adds; a torn last record (a crash mid-write) is ignored on reading. Reading sorts the keys once,
-and lookups are one ``searchsorted`` for a whole batch: a rerun looks up two million identifiers
-in about a second instead of row by row. Two processes appending at once interleave whole
-records; the worst case is an output evaluated twice.
-"""
+The file is append-only: a header, then fixed-size records (key, row). ``put`` appends and fsyncs,
+so an interrupted build or query keeps everything it finished, and costs only what it adds; a torn
+last record (a crash mid-write) is ignored on reading. Reading sorts the keys once, and a batch of
+lookups is one binary search: a rerun looks up two million identifiers in about half a second
+instead of row by row. Two processes appending at once interleave whole records; the worst case
+is a row computed twice."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def cache_keys(secret: bytes, identifiers: Sequence[str]) -> np.ndarray:
 
 
 class OutputCache:
-    """The outputs (``width`` bytes each) of one (dataset, epoch) in one file."""
+    """The rows (``width`` bytes each) of one (dataset, epoch) in one file."""
 
     def __init__(self, path: Path | str, secret: bytes, width: int = 64):
         self.path, self.secret, self.width = Path(path), secret, width
