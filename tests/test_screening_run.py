@@ -137,7 +137,7 @@ def test_outputs_keep_to_data_minimisation(city, first):
     assert html.count("<svg") == 3 and "src=" not in html and "href=" not in html
 
 
-def test_retained_statuses_are_recorded_as_such(city, federation, runs, monkeypatch):
+def test_retained_statuses_are_recorded_as_such(city, federation, runs, first, monkeypatch):
     monkeypatch.setattr("nodes.screening.report.LISTED", 3)  # a long list is cut in the report
     _, paths = city
     result = screen(
