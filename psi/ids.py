@@ -436,12 +436,6 @@ def read_ids(path: str | os.PathLike[str], column: str, *, today: date | None = 
     return read_columns(path, [column], today=today)[0][column]
 
 
-def read_cells(path: str | os.PathLike[str], column: str) -> list[str | None]:
-    """The raw cells of another column of a file ``read_ids`` read, one per data row in the same
-    order (so they align with ``IdColumn.lines``); None where a row has no cell in the column."""
-    return read_columns(path, [], [column])[1][column]
-
-
 def read_columns(
     path: str | os.PathLike[str],
     ids: Sequence[str],
@@ -449,8 +443,9 @@ def read_columns(
     *,
     today: date | None = None,
 ) -> tuple[dict[str, IdColumn], dict[str, list[str | None]]]:
-    """``read_ids`` of several identifier columns, and the raw cells (as ``read_cells``) of
-    others, in one pass over the file: a million-row roster is parsed once, not once a column."""
+    """``read_ids`` of several identifier columns, and the raw cells of others (one per data row,
+    aligned with ``IdColumn.lines``; None where a row has no cell in the column), in one pass over
+    the file: a million-row roster is parsed once, not once a column."""
     with _csv(path) as (reader, file):
         return _read_columns(reader, file, ids, cells, today or date.today())
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
 from psi.errors import InputError
-from psi.ids import IdColumn, read_ids, summary, write_rejects
+from psi.ids import IdColumn, read_columns, summary, write_rejects
 
 
 def parse_date(text: str | None, option: str = "--as-of") -> date:
@@ -17,13 +18,17 @@ def parse_date(text: str | None, option: str = "--as-of") -> date:
         raise InputError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def read_id_file(path: Path, column: str, rejects_beside: Path) -> IdColumn:
-    """A file of identifiers as the query commands read it: counts on stderr, and the invalid
-    cells, masked, in ``<rejects_beside's stem>.rejects.csv`` next to it."""
-    read = read_ids(path, column)
+def read_id_file(
+    path: Path, column: str, rejects_beside: Path, cells: Sequence[str] = ()
+) -> tuple[IdColumn, dict[str, list[str | None]]]:
+    """A file of identifiers as the query commands read it, with the raw ``cells`` of other
+    columns from the same pass: counts on stderr, and the invalid cells, masked, in
+    ``<rejects_beside's stem>.rejects.csv`` next to it."""
+    columns, others = read_columns(path, [column], cells)
+    read = columns[column]
     print(summary(read), file=sys.stderr)
     if read.rejects:
         rejects = rejects_beside.with_name(rejects_beside.stem + ".rejects.csv")
         write_rejects(rejects, read.rejects)
         print(f"{len(read.rejects)} invalid identifiers listed in {rejects}", file=sys.stderr)
-    return read
+    return read, others

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
-    column = read_id_file(args.ids, args.column, args.out)
+    column, _ = read_id_file(args.ids, args.column, args.out)
     ids = sorted({x.decode() for x in column.ids[column.valid].tolist()})
     with Client(federation) as client, progress(2 * len(ids), f"{args.node}/{args.dataset}") as bar:
         try:

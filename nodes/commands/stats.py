@@ -27,7 +27,7 @@ from nodes.commands.query import EXIT_NO_MATCHES, EXIT_NODE_FAILED
 from nodes.config import STATISTICS_PURPOSE, load_federation
 from nodes.stats_client import StatsClient, StatsResult
 from psi.errors import InputError, Source
-from psi.ids import IdColumn, contains_identifier, mask, read_cells
+from psi.ids import IdColumn, contains_identifier, mask
 
 MAX_PROBLEMS = 5  # cells listed in one error message
 
@@ -59,10 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
-    column = read_id_file(args.ids, args.column, args.out or args.json or args.ids)
+    wanted = [c for c in (args.values, args.group_by) if c]
+    column, cells = read_id_file(args.ids, args.column, args.out or args.json or args.ids, wanted)
     rows = np.flatnonzero(column.valid)
-    values = _values(args, column, rows) if args.values else None
-    groups = _groups(args, column, rows) if args.group_by else None
+    values = _values(args, column, rows, cells) if args.values else None
+    groups = _groups(args, column, rows, cells) if args.group_by else None
     ids = _distinct(column, rows, keyed=values is not None or groups is not None)
     with Client(federation) as client:
         try:
@@ -86,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.intersection else EXIT_NO_MATCHES
 
 
-def _cells(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, name: str) -> list[str]:
+Cells = dict[str, list[str | None]]
+
+
+def _cells(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, name: str, read: Cells):
     """The cells of column ``name`` on the rows with a valid identifier; a row without one is an
     error (never echoing a cell: it may hold anything)."""
-    cells = read_cells(args.ids, name)
-    picked = [cells[i] for i in rows.tolist()]
+    picked = [read[name][i] for i in rows.tolist()]
     missing = [
         column.lines[i] for i, c in zip(rows.tolist(), picked, strict=True) if not (c and c.strip())
     ]
@@ -98,8 +101,8 @@ def _cells(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, name: s
     return [c.strip() for c in picked]
 
 
-def _values(args: argparse.Namespace, column: IdColumn, rows: np.ndarray) -> list[int]:
-    cells = _cells(args, column, rows, args.values)
+def _values(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: Cells) -> list[int]:
+    cells = _cells(args, column, rows, args.values, read)
     bad = [
         column.lines[i]
         for i, c in zip(rows.tolist(), cells, strict=True)
@@ -109,8 +112,8 @@ def _values(args: argparse.Namespace, column: IdColumn, rows: np.ndarray) -> lis
     return [int(c) for c in cells]
 
 
-def _groups(args: argparse.Namespace, column: IdColumn, rows: np.ndarray) -> list[str]:
-    cells = _cells(args, column, rows, args.group_by)
+def _groups(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: Cells) -> list[str]:
+    cells = _cells(args, column, rows, args.group_by, read)
     looks = [
         column.lines[i] for i, c in zip(rows.tolist(), cells, strict=True) if contains_identifier(c)
     ]
