@@ -4,9 +4,10 @@
     result = client.query("prison", "prison", ids, purpose="screening")
     for person, label in result.matches: ...
 
-Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and the
-finalized OPRF outputs of identifiers it already asked about, so a rerun evaluates only
-identifiers it has not seen in that epoch. Several nodes are queried concurrently. A node that
+Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and
+the table tag and label key derived from the OPRF output of each identifier it already asked
+about, so a rerun evaluates only identifiers it has not seen in that epoch. Several nodes are
+queried at once, blinding, evaluation and finalizing overlapping block by block. A node that
 fails raises ``NodeError``: a failure never looks like an empty result.
 """
 
@@ -79,7 +80,7 @@ class QueryResult:
     table_version: int
     matches: list[tuple[str, Label]]  # (canonical id as queried, its decoded label)
     queried: int
-    evaluated: int  # sent to the node this time; the rest came from the output cache
+    evaluated: int  # sent to the node this time; the rest came from the client's cache
     receipt: psi_pb2.SessionReceipt | None = None
     bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
     false_hits: int = 0
