@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,9 +37,9 @@ from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
 from psi.errors import InputError, KinlinkError
 from psi.labels import REGISTER_COLUMNS, Label
-from psi.matching import lookup_tags
+from psi.matching import Found, lookup_tags
 from psi.oprf import Oprf
-from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive
+from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive, entry_fingerprints
 
 MATCH_COLUMNS = (
     *REGISTER_COLUMNS[:-1],
@@ -72,19 +73,58 @@ class NodeError(KinlinkError):
         super().__init__(f"node {node!r}: {name}: {details}")
 
 
-@dataclass
+@dataclass(eq=False)
 class QueryResult:
+    """One dataset's answer about ``ids``. Labels are opened only when asked for: ``matches``
+    opens every hit, ``found`` the hits of some identifiers, and ``fingerprints`` tells which
+    identifiers' entries changed since an earlier answer without opening any (a rerun opens only
+    those)."""
+
     node: str
     dataset: str
     epoch: int
     table_version: int
-    matches: list[tuple[str, Label]]  # (canonical id as queried, its decoded label)
-    queried: int
+    ids: Sequence[str]  # canonical identifiers as queried
+    table: Table
+    derived: np.ndarray  # (len(ids), DERIVED_BYTES): each identifier's table tag and label key
     evaluated: int  # sent to the node this time; the rest came from the client's cache
     receipt: psi_pb2.SessionReceipt | None = None
     bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
-    false_hits: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def queried(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def tags(self) -> np.ndarray:
+        return np.ascontiguousarray(self.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
+
+    @cached_property
+    def fingerprints(self) -> np.ndarray:
+        """Per identifier, ``psi.table.entry_fingerprints`` of its entry (0: no entry)."""
+        return entry_fingerprints(self.table, self.tags)
+
+    def found(self, rows: np.ndarray | None = None) -> list[Found]:
+        """The decoded labels of the identifiers at ``rows`` (default: all) that the table
+        holds; ``Found.index`` is the identifier's index in ``ids``, ``Found.written`` the table
+        version its entry was written in."""
+        t = time.perf_counter()
+        keys = self.derived[:, TAG_BYTES:]
+        if rows is None:
+            found, _ = lookup_tags(self.table, self.tags, keys)
+        else:
+            rows = np.asarray(rows, np.intp)
+            hits, _ = lookup_tags(self.table, self.tags[rows], keys[rows])
+            where = rows[[f.index for f in hits]].tolist()
+            found = [Found(i, f.label, f.written) for i, f in zip(where, hits, strict=True)]
+        self.timings["match"] = self.timings.get("match", 0.0) + time.perf_counter() - t
+        return found
+
+    @cached_property
+    def matches(self) -> list[tuple[str, Label]]:
+        """(identifier, label) of every identifier the table holds."""
+        return [(self.ids[f.index], f.label) for f in self.found()]
 
 
 @dataclass
@@ -195,6 +235,11 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def identifier_keys(self, ids: Sequence[str]) -> np.ndarray:
+        """Keyed digests, (n, 2) uint64, of canonical identifiers under this client's cache
+        secret: how the cache names people without naming them."""
+        return cache_keys(self._secret, ids)
+
     # -- plumbing -------------------------------------------------------------------------------
     def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
         if node not in self._channels:
@@ -277,7 +322,7 @@ class Client:
         sees uniformly random elements either way; see docs/threat-model.md). Blinding, the
         nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
         ``NodeError``, so the others' results are not lost."""
-        keys = cache_keys(self._secret, ids)
+        keys = self.identifier_keys(ids)
 
         def plan(request: tuple[str, str]) -> _Plan | NodeError:
             try:
@@ -310,11 +355,12 @@ class Client:
             blinding = pool.submit(blinder.run)
             answers = list(pool.map(answer, ready))
             blinding.result()  # a blinding failure is the caller's, not a node's
-        # Matching and decoding labels hold the GIL, so they wait until every stream has ended:
-        # run beside the streams, they held up each libsodium call of the others' finalizing.
+        # Labels are opened after every stream has ended (by the caller, when asked for): opening
+        # holds the GIL, and run beside the streams it held up each libsodium call of the
+        # others' finalizing.
         done = iter(
             [
-                a if isinstance(a, NodeError) else self._match(p, ids, a)
+                a if isinstance(a, NodeError) else self._result(p, ids, a)
                 for p, a in zip(ready, answers, strict=True)
             ]
         )
@@ -374,25 +420,20 @@ class Client:
             raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
         return _Answer(receipt, table, received)
 
-    def _match(self, plan: _Plan, ids: Sequence[str], answer: _Answer) -> QueryResult:
-        """The plan's identifiers against the node's table; labels of the hits decoded."""
-        t = time.perf_counter()
-        tags = np.ascontiguousarray(plan.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
-        found, false_hits = lookup_tags(answer.table, tags, plan.derived[:, TAG_BYTES:])
-        plan.timings["match"] = time.perf_counter() - t
+    def _result(self, plan: _Plan, ids: Sequence[str], answer: _Answer) -> QueryResult:
         receipt = answer.receipt
         return QueryResult(
             plan.node,
             plan.dataset,
             plan.epoch,
             answer.table.header.version,
-            [(ids[f.index], f.label) for f in found],
-            len(ids),
+            ids,
+            answer.table,
+            plan.derived,
             len(plan.fresh),
             receipt,
             answer.received
             + (receipt.elements_evaluated * self.oprf.suite.element_size if receipt else 0),
-            false_hits,
             plan.timings,
         )
 

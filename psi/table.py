@@ -616,6 +616,23 @@ def build_table(
     return Table(header, tags[order], written[order], sealed)
 
 
+def entry_fingerprints(table: Table, tags: np.ndarray) -> np.ndarray:
+    """Per tag (uint64 array), a 64-bit fingerprint of the entries it finds in ``table``: 0 for
+    none, else the last 8 bytes of their Poly1305 tags (XORed for a run of equal tags). An entry
+    keeps its sealed row while its label is unchanged (``build_table``), and a new or changed one
+    is sealed under a fresh nonce, so a client can tell which of its matches changed between two
+    versions without opening any."""
+    low = np.searchsorted(table.tags, tags, side="left")
+    high = np.searchsorted(table.tags, tags, side="right")
+    macs = np.ascontiguousarray(table.sealed[:, -8:]).view("<u8").reshape(-1)
+    found = np.zeros(len(tags), np.uint64)
+    single = high - low == 1
+    found[single] = macs[low[single]]
+    for query in np.flatnonzero(high - low > 1).tolist():
+        found[query] = np.bitwise_xor.reduce(macs[low[query] : high[query]])
+    return found
+
+
 @dataclass(frozen=True)
 class Match:
     """Query ``query`` found its entry: ``label`` is the encoded label (decode it with

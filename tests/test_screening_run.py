@@ -4,6 +4,7 @@ history, a node failure stops the run, and the roll is served back as a dataset.
 
 import argparse
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -19,7 +20,7 @@ from nodes.client import Client
 from nodes.commands import screen as command
 from nodes.config import load_federation
 from nodes.federation import LocalFederation
-from nodes.screening import NodesFailed, roll_register, screen
+from nodes.screening import NodesFailed, ScreeningResult, roll_register, screen
 from nodes.screening.classify import CANDIDATES, CLASSES, ELIGIBLE, NOT_ELIGIBLE, Match, classify
 from nodes.screening.report import RESULT_COLUMNS, WITHHELD
 from nodes.screening.rules import load_rules
@@ -395,3 +396,31 @@ def test_compare_says_why_eligibility_ended():
                       "2024-01-01–2026-11-30 (ended before 2026-12-01)")],
         gone: [("left_roster", "no longer in the roster")],
     }  # fmt: skip
+
+
+def test_reused_classes_equal_a_fresh_classification(city, federation, corrected, tmp_path):
+    """A run reuses the previous run's class of every child whose parents' entries did not
+    change, for the same date and for a later one, and writes what a run without a memo
+    writes; other rules reuse nothing."""
+    _, paths = city
+    fed, roster = federation.federation_file, paths["roster"]
+
+    def run(as_of: date, out: str, history: str, **kw) -> tuple[ScreeningResult, bytes]:
+        result = screen(fed, roster, as_of, tmp_path / out, history_dir=tmp_path / history, **kw)
+        return result, (tmp_path / out / "results.csv").read_bytes()
+
+    base, base_csv = run(AS_OF, "base", "h")
+    assert base.reused == 0 and base_csv == (corrected[0].out_dir / "results.csv").read_bytes()
+    again, again_csv = run(AS_OF, "again", "h")
+    known = [
+        v for v in (s.verdict for s in again.children)
+        if v.age < 18 and not v.father.unknown and not v.mother.unknown
+    ]  # fmt: skip
+    assert again.reused == len(known)
+    assert again_csv == base_csv
+    later, later_csv = run(LATER, "later", "h")
+    fresh, fresh_csv = run(LATER, "fresh", "h-fresh")
+    assert 0 < later.reused < len(later.children) and fresh.reused == 0
+    assert later_csv == fresh_csv and later.counts() == fresh.counts()
+    other = dataclasses.replace(load_rules(), term_months=7)
+    assert run(LATER, "other", "h", rules=other)[0].reused == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import NamedTuple
 
 from nodes.roster import Unknown
@@ -32,7 +32,8 @@ ORPHANING, EIGHT = "orphaning", "eight"
 
 
 class Match(NamedTuple):
-    """One record a node returned for a parent, with where it came from."""
+    """One record a node returned for a parent, with where it came from: ``table_version`` is
+    the version its entry was written in, which stays the same while the record does."""
 
     node: str
     dataset: str
@@ -66,9 +67,12 @@ class ParentFinding:
     effect: str
     judged: tuple[Judged, ...] = ()
     unknown: str = ""  # why the identifier could not be used, when it could not
+    recalled: bool = False  # reused from the previous run: the records were not opened again
 
     @property
     def reasons(self) -> tuple[str, ...]:
+        if self.recalled:
+            return (f"{self.role} {self.status}: as in the previous run (records unchanged)",)
         if self.unknown:
             return (f"{self.role} identifier {self.unknown}: nobody could be asked",)
         if self.status == NOT_ASKED:
@@ -94,14 +98,11 @@ class Classification:
     father: ParentFinding
     mother: ParentFinding
     reasons: tuple[str, ...]
+    evidence: tuple[str, ...] = ()
 
     @property
     def parents(self) -> tuple[ParentFinding, ParentFinding]:
         return self.father, self.mother
-
-    @property
-    def evidence(self) -> tuple[str, ...]:
-        return self.father.evidence + self.mother.evidence
 
 
 def age_of(child_id: str, on: date) -> int:
@@ -182,6 +183,15 @@ _NO_RECORD = {role: ParentFinding(role, NONE, NONE) for role in ("father", "moth
 _NO_RECORDS = _NO_RECORD["father"].reasons + _NO_RECORD["mother"].reasons
 
 
+def recalled(role: str, status: str, records: bool, rules: Rules) -> ParentFinding:
+    """A parent's finding reused from the previous run (their entries, the rules and what the
+    date could change all the same); ``records``: whether any node holds any of theirs."""
+    if not records and status == NONE:
+        return _NO_RECORD[role]
+    effect = ORPHANING if status in rules.orphaning else EIGHT if status in rules.eight else status
+    return ParentFinding(role, status, effect, recalled=True)
+
+
 def combine(father: str, mother: str) -> str:
     """A minor's class from the parents' effects (POLICY.md): unknown parents make the child
     needs_review unless the known parent alone already rules eligibility out."""
@@ -219,4 +229,26 @@ def classify(
         father_finding,
         mother_finding,
         father_finding.reasons + mother_finding.reasons,
+        father_finding.evidence + mother_finding.evidence,
     )
+
+
+def stable_until(
+    child_id: str, parents: Sequence[Sequence[Match]], as_of: date, rules: Rules
+) -> date:
+    """The first date after ``as_of`` on which the same child and records could be classified
+    otherwise: a record starting, ending or reaching its elapsed months, or the child coming of
+    age (never later than the real change, so a class reused before it is the class). Every date
+    ``judge`` and ``age_of`` compare with is here."""
+    born = date(int(child_id[6:10]), int(child_id[10:12]), int(child_id[12:14]))
+    dates = [add_months(born, 12 * rules.adult_age)]
+    for matches in parents:
+        for match in matches:
+            record = match.record
+            if record.start is not None:
+                dates.append(record.start)
+                if record.status in rules.elapsed:
+                    dates.append(add_months(record.start, rules.elapsed_months))
+            if record.end is not None and record.end < date.max:
+                dates.append(record.end + timedelta(days=1))
+    return min((d for d in dates if d > as_of), default=date.max)

@@ -129,6 +129,7 @@ def document(result: ScreeningResult) -> dict[str, Any]:
             "file": str(result.roster),
             "children": len(result.children),
             "rejects": len(result.rejects),
+            "reused": result.reused,
         },
         "retain_ineligible": result.retain_ineligible,
         "minimisation": MINIMISATION[result.retain_ineligible],

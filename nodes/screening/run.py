@@ -22,19 +22,27 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nodes.client import Client, NodeError
+import numpy as np
+
+from nodes.client import Client, NodeError, QueryResult
 from nodes.config import load_federation
-from nodes.roster import Unknown, read_roster
+from nodes.roster import RosterChild, Unknown, read_roster
+from nodes.screening import memo
 from nodes.screening.classify import (
     CANDIDATES,
+    CLASSES,
     NONE,
     NOT_ELIGIBLE,
     UNKNOWN,
     Classification,
     Match,
+    ParentFinding,
     age_of,
     classify,
+    recalled,
+    stable_until,
 )
+from nodes.screening.memo import memo_path
 from nodes.screening.report import FORMAT, history_document, write_document, write_outputs
 from nodes.screening.rules import Rules, load_rules
 from protocols.kinlink.v1 import psi_pb2
@@ -72,7 +80,7 @@ class NodeRun:
     table_version: int
     queried: int
     evaluated: int  # sent to the node; the rest came from the finalized-output cache
-    matched: int  # people with a counted status
+    matched: int  # parents the dataset holds records of
     seconds: float
 
     @property
@@ -122,8 +130,8 @@ def _plan(client: Client, rules: Rules) -> list[tuple[str, str, tuple[str, ...]]
 
 def _ask(
     client: Client, plan: Sequence[tuple[str, str, tuple[str, ...]]], ids: list[str], as_of: date
-) -> tuple[dict[str, list[Match]], list[NodeRun]]:
-    """Every planned dataset about ``ids`` at once: the counted records per parent."""
+) -> list[QueryResult]:
+    """Every planned dataset about ``ids`` at once (labels not opened yet)."""
     answers = client.query_many(
         [(node, dataset) for node, dataset, _ in plan],
         ids,
@@ -133,30 +141,42 @@ def _ask(
     failed = [str(a) for a in answers.values() if isinstance(a, NodeError)]
     if failed:
         raise NodesFailed(failed)
+    return [answers[node, dataset] for node, dataset, _ in plan]  # type: ignore[misc]
+
+
+def _records(
+    plan: Sequence[tuple[str, str, tuple[str, ...]]],
+    results: Sequence[QueryResult],
+    rows: np.ndarray,
+) -> dict[str, list[Match]]:
+    """The counted records of the parents at ``rows`` of the identifiers asked about: only
+    their labels are opened."""
     found: dict[str, list[Match]] = defaultdict(list)
-    runs = []
-    for node, dataset, held in plan:
-        answer = answers[node, dataset]
-        matched = set()
-        for person, label in answer.matches:
-            for record in label.records:
+    for (node, dataset, held), result in zip(plan, results, strict=True):
+        for hit in result.found(rows):
+            for record in hit.label.records:
                 if record.status in held:
-                    found[person].append(Match(node, dataset, answer.table_version, record))
-                    matched.add(person)
-        runs.append(
-            NodeRun(
-                node,
-                dataset,
-                held,
-                answer.epoch,
-                answer.table_version,
-                answer.queried,
-                answer.evaluated,
-                len(matched),
-                sum(answer.timings.values()),
-            )
+                    found[result.ids[hit.index]].append(Match(node, dataset, hit.written, record))
+    return found
+
+
+def _node_runs(
+    plan: Sequence[tuple[str, str, tuple[str, ...]]], results: Sequence[QueryResult]
+) -> list[NodeRun]:
+    return [
+        NodeRun(
+            node,
+            dataset,
+            held,
+            result.epoch,
+            result.table_version,
+            result.queried,
+            result.evaluated,
+            int(np.count_nonzero(result.fingerprints)),
+            sum(result.timings.values()),
         )
-    return found, runs
+        for (node, dataset, held), result in zip(plan, results, strict=True)
+    ]
 
 
 # ---- changes since the previous run ------------------------------------------------------------
@@ -310,6 +330,7 @@ class ScreeningResult:
     out_dir: Path
     history_file: Path
     seconds: float  # reading, asking and classifying
+    reused: int = 0  # children whose class the previous run's memo gave (nodes.screening.memo)
 
     def counts(self) -> Counter[str]:
         return Counter(c.verdict.classification for c in self.children)
@@ -367,18 +388,30 @@ def _screen(
     roster = read_roster(roster_path, as_of)
     minors = [c for c in roster.children if age_of(c.child_id, as_of) < rules.adult_age]
     ids = sorted({p for c in minors for p in (c.father, c.mother) if isinstance(p, str)})
+    known = [c for c in minors if isinstance(c.father, str) and isinstance(c.mother, str)]
     with Client(load_federation(federation_file)) as client:
         plan = _plan(client, rules)
-        found, runs = _ask(client, plan, ids, as_of)
+        results = _ask(client, plan, ids, as_of)
+        keys = client.identifier_keys([c.child_id for c in known])[:, 0]
+        memo_file = memo_path(client.config.cache, history)
+    datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
+    reuse = _Reuse(rules, as_of, ids, known, results, keys)
+    if previous is not None and not retain_ineligible:
+        context = memo.context(rules, datasets, Path(previous["file"]).name)
+        reuse.recall(memo.load(memo_file, context), previous)
+    found = _records(plan, results, reuse.to_open(minors))
     held = {s for _, _, statuses in plan for s in statuses}
 
     def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
         return value if isinstance(value, Unknown) else found.get(value, ())
 
+    recall = reuse.recalled
     children = tuple(
         Screened(
             c.region_code,
-            classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules),
+            recall[c.child_id]
+            if c.child_id in recall
+            else classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules),
         )
         for c in roster.children
     )
@@ -390,17 +423,122 @@ def _screen(
         retain_ineligible=retain_ineligible,
         children=children,
         rejects=roster.rejects,
-        nodes=tuple(runs),
+        nodes=tuple(_node_runs(plan, results)),
         uncovered=tuple(s for s in rules.statuses if s not in held),
         changes=compare(previous, [c.verdict for c in children], rules),
         out_dir=out,
         history_file=history / name,
         seconds=time.perf_counter() - started,
+        reused=len(reuse.recalled),
     )
     doc = write_outputs(result)
     try:
         history.mkdir(parents=True, exist_ok=True)
         write_document(result.history_file, history_document(doc))
+        context = memo.context(rules, datasets, result.history_file.name)
+        memo.save(memo_file, reuse.remember(children, found, context))
     except OSError as exc:
         raise InputError(f"cannot keep the run in the history: {exc.strerror}") from exc
     return result
+
+
+class _Reuse:
+    """Which children the previous run's memo lets this run reuse (nodes.screening.memo), and
+    the memo this run leaves for the next."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        as_of: date,
+        ids: list[str],
+        known: list[RosterChild],
+        results: Sequence[QueryResult],
+        keys: np.ndarray,
+    ):
+        self.rules, self.as_of, self.known, self.keys = rules, as_of, known, keys
+        index = {p: i for i, p in enumerate(ids)}
+        self.fathers = np.fromiter((index[c.father] for c in known), np.intp, len(known))
+        self.mothers = np.fromiter((index[c.mother] for c in known), np.intp, len(known))
+        self.index = index
+        tokens = memo.mix(*(word for r in results for word in (r.tags, r.fingerprints)))
+        self.records = np.zeros(len(ids), bool)
+        for r in results:
+            self.records |= r.fingerprints != 0
+        self.digests = memo.mix(tokens[self.fathers], tokens[self.mothers])
+        self.where = np.full(len(known), -1, np.intp)
+        self.previous: memo.Memo | None = None
+        self.recalled: dict[str, Classification] = {}
+
+    def recall(self, previous: memo.Memo | None, document: Mapping[str, Any]) -> None:
+        """Reuse the class of every child the memo still holds good for; a candidate's row comes
+        from the history document the memo belongs to."""
+        if previous is None:
+            return
+        self.previous = previous
+        where = previous.recall(self.keys, self.digests, self.as_of)
+        rows = {row["child_id"]: row for row in document["children"]}
+        statuses = memo.vocabulary(self.rules)
+        findings: dict[tuple[str, int, bool], ParentFinding] = {}
+
+        def finding(role: str, code: int, person: int) -> ParentFinding:
+            key = (role, code, bool(self.records[person]))
+            if key not in findings:
+                findings[key] = recalled(role, statuses[code], key[2], self.rules)
+            return findings[key]
+
+        for i in np.flatnonzero(where >= 0).tolist():
+            child, at = self.known[i], where[i]
+            klass = CLASSES[previous.classes[at]]
+            father = finding("father", previous.fathers[at], self.fathers[i])
+            mother = finding("mother", previous.mothers[at], self.mothers[i])
+            age = age_of(child.child_id, self.as_of)
+            if klass == NOT_ELIGIBLE:
+                reasons, evidence = father.reasons + mother.reasons, ()
+            elif (row := rows.get(child.child_id)) and row["classification"] == klass:
+                reasons, evidence = tuple(row["reasons"]), tuple(row["evidence"])
+            else:
+                where[i] = -1
+                continue
+            self.recalled[child.child_id] = Classification(
+                child.child_id, klass, age, father, mother, reasons, evidence
+            )
+        self.where = where
+
+    def to_open(self, minors: Sequence[RosterChild]) -> np.ndarray:
+        """Rows of the identifiers whose labels must be opened: the parents of every minor not
+        reused."""
+        needed = np.zeros(len(self.records), bool)
+        fresh = self.where < 0
+        needed[self.fathers[fresh]] = needed[self.mothers[fresh]] = True
+        for c in minors:
+            if isinstance(c.father, Unknown) != isinstance(c.mother, Unknown):
+                needed[self.index[c.mother if isinstance(c.father, Unknown) else c.father]] = True
+        return np.flatnonzero(needed)
+
+    def remember(
+        self, children: Sequence[Screened], found: Mapping[str, Sequence[Match]], context: dict
+    ) -> memo.Memo:
+        """This run's memo: every child with both parents known."""
+        n, as_of, rules = len(self.known), self.as_of, self.rules
+        code = {s: i for i, s in enumerate(memo.vocabulary(rules))}
+        klass = {c: i for i, c in enumerate(CLASSES)}
+        verdicts = {c.verdict.child_id: c.verdict for c in children}
+        until = np.empty(n, np.int32)
+        classes, fathers, mothers = (np.empty(n, np.uint8) for _ in range(3))
+        tomorrow = as_of.toordinal() + 1
+        kept = self.previous
+        for i, child in enumerate(self.known):
+            at = self.where[i]
+            if at >= 0 and kept is not None:
+                until[i], classes[i] = kept.until[at], kept.classes[at]
+                fathers[i], mothers[i] = kept.fathers[at], kept.mothers[at]
+                continue
+            verdict = verdicts[child.child_id]
+            classes[i] = klass[verdict.classification]
+            fathers[i], mothers[i] = code[verdict.father.status], code[verdict.mother.status]
+            if verdict.classification in CANDIDATES:  # its reasons quote the date
+                until[i] = tomorrow
+            else:
+                parents = (found.get(child.father, ()), found.get(child.mother, ()))
+                until[i] = stable_until(child.child_id, parents, as_of, rules).toordinal()
+        return memo.Memo(context, as_of, self.keys, self.digests, until, classes, fathers, mothers)
