@@ -31,11 +31,14 @@ _PERSON = b"kinlink-out-v1"  # BLAKE2b personalisation: keys of this cache and n
 
 def cache_keys(secret: bytes, identifiers: Sequence[str]) -> np.ndarray:
     """The cache keys (n, 2) uint64 of canonical identifiers under ``secret``."""
-    keys = b"".join(
-        hashlib.blake2b(x.encode(), key=secret, digest_size=KEY_BYTES, person=_PERSON).digest()
-        for x in identifiers
-    )
-    return np.frombuffer(keys, dtype="<u8").reshape(-1, 2)
+    keyed = hashlib.blake2b(key=secret, digest_size=KEY_BYTES, person=_PERSON)
+
+    def key(identifier: str, fresh=keyed.copy) -> bytes:  # copying skips the key's block
+        h = fresh()
+        h.update(identifier.encode())
+        return h.digest()
+
+    return np.frombuffer(b"".join(map(key, identifiers)), dtype="<u8").reshape(-1, 2)
 
 
 class OutputCache:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 from psi.ids import Reject, mask, read_columns
 
@@ -24,10 +25,10 @@ class Unknown:
     why: str  # "blank", or why the identifier is invalid (psi.ids.Reason message)
 
 
-@dataclass(frozen=True)
-class RosterChild:
+class RosterChild(NamedTuple):
     """A roster row with a valid child identifier: what the run needs of it, nothing more (the
-    child's name is never read)."""
+    child's name is never read). A tuple: a province's million are made in a fraction of the
+    time frozen dataclasses take."""
 
     child_id: str  # canonical
     region_code: str

@@ -153,10 +153,8 @@ class IdColumn:
 
     def rows(self) -> Iterator[tuple[int, str | None]]:
         """(line, canonical id or None) for every data row."""
-        for line, value, ok in zip(
-            self.lines.tolist(), self.ids.tolist(), self.valid.tolist(), strict=True
-        ):
-            yield line, value.decode("ascii") if ok else None
+        values = [v.decode("ascii") or None for v in self.ids.tolist()]  # b"": not valid
+        return zip(self.lines.tolist(), values, strict=True)
 
 
 def mask(raw: str) -> str:
@@ -354,10 +352,13 @@ def _column_index(header: list[str], column: str, file: str) -> int:
     )
 
 
-def _cell(row: list[str], index: int) -> str | None:
-    """A row's cell in a column: None for a row that has fields but too few to reach the column
-    (an empty line is a row of blank cells)."""
-    return row[index] if index < len(row) else None if row else ""
+def _cells(rows: list[list[str]], index: int) -> list[str | None]:
+    """The rows' cells in a column: None for a row that has fields but too few to reach the
+    column (an empty line is a row of blank cells). Most rows are full: one pass takes them."""
+    width = index + 1
+    if not rows or min(map(len, rows)) >= width:
+        return [row[index] for row in rows]
+    return [row[index] if index < len(row) else None if row else "" for row in rows]
 
 
 def _id_column(file: str, column: str, starts: list[int], found: list[str | None], today: date):
@@ -402,10 +403,10 @@ def _read_columns(
             break
         lines.append(np.array(starts, dtype=np.int64))
         for column, index in id_at.items():
-            found = [_cell(row, index) for row in rows]
+            found = _cells(rows, index)
             parts[column].append(_id_column(file, column, starts, found, today))
         for column, index in cell_at.items():
-            plain[column] += [_cell(row, index) for row in rows]
+            plain[column] += _cells(rows, index)
     every = np.concatenate(lines or [np.zeros(0, dtype=np.int64)])
 
     def joined(column: str, part: int, empty: np.ndarray) -> np.ndarray:

@@ -622,14 +622,21 @@ def entry_fingerprints(table: Table, tags: np.ndarray) -> np.ndarray:
     keeps its sealed row while its label is unchanged (``build_table``), and a new or changed one
     is sealed under a fresh nonce, so a client can tell which of its matches changed between two
     versions without opening any."""
-    low = np.searchsorted(table.tags, tags, side="left")
-    high = np.searchsorted(table.tags, tags, side="right")
-    macs = np.ascontiguousarray(table.sealed[:, -8:]).view("<u8").reshape(-1)
     found = np.zeros(len(tags), np.uint64)
-    single = high - low == 1
-    found[single] = macs[low[single]]
-    for query in np.flatnonzero(high - low > 1).tolist():
-        found[query] = np.bitwise_xor.reduce(macs[low[query] : high[query]])
+    n = len(table)
+    if not n or not len(tags):
+        return found
+    order = np.argsort(tags)  # sorted needles: one pass of cache-friendly binary searches
+    low = np.empty(len(tags), np.intp)
+    low[order] = np.searchsorted(table.tags, tags[order])
+    low = np.minimum(low, n - 1)
+    hit = table.tags[low] == tags
+    macs = np.ascontiguousarray(table.sealed[:, -8:]).view("<u8").reshape(-1)
+    found[hit] = macs[low[hit]]
+    runs = hit & (low + 1 < n) & (table.tags[np.minimum(low + 1, n - 1)] == tags)
+    for query in np.flatnonzero(runs).tolist():  # 64-bit tag collisions: expect none
+        high = int(np.searchsorted(table.tags, tags[query], side="right"))
+        found[query] = np.bitwise_xor.reduce(macs[low[query] : high])
     return found
 
 

@@ -209,10 +209,12 @@ def classify(
     father: Sequence[Match] | Unknown,
     mother: Sequence[Match] | Unknown,
     rules: Rules,
+    age: int | None = None,
 ) -> Classification:
     """Classify a child (canonical identifier) as of ``as_of``. An adult's parents are not looked
-    at: the age alone decides, and the run does not ask about them."""
-    age = age_of(child_id, as_of)
+    at: the age alone decides, and the run does not ask about them. ``age``: ``age_of`` the
+    child, when the caller has it already."""
+    age = age_of(child_id, as_of) if age is None else age
     if age >= rules.adult_age:
         father_finding = ParentFinding("father", NOT_ASKED, NONE)
         mother_finding = ParentFinding("mother", NOT_ASKED, NONE)

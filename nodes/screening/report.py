@@ -10,6 +10,7 @@ file can show more than results.json does. Parents' identifiers are written nowh
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ RESULT_COLUMNS = (
     "evidence",
 )
 WITHHELD = "withheld"
+NOT_ELIGIBLE_CHILDREN = "not_eligible_children"  # what a history keeps of the other rows
 LISTED = 2000  # candidates the HTML report lists; a page of a province's 100,000 would not open
 MINIMISATION = {
     False: "statuses of parents of not_eligible children are withheld: only counts are kept",
@@ -88,13 +90,32 @@ _WITHHELD_ROW = {
 _WITHHELD_JSON = ", " + json.dumps(_WITHHELD_ROW)[1:]
 
 
+def _withheld(row: Mapping[str, Any]) -> bool:
+    return row["father_status"] == WITHHELD and row.keys() == _ROW_KEYS
+
+
 def _row_json(row: Mapping[str, Any]) -> str:
-    if row["father_status"] == WITHHELD and row.keys() == _ROW_KEYS:
+    if _withheld(row):
         return '{"child_id": "' + row["child_id"] + '"' + _WITHHELD_JSON
     return json.dumps(row, ensure_ascii=False)
 
 
+def _csv_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
+    return (
+        row["child_id"],
+        row["classification"],
+        row["father_status"],
+        row["mother_status"],
+        "; ".join(row["reasons"]),
+        " ".join(row["evidence"]),
+    )
+
+
 _ROW_KEYS = {"child_id", *_WITHHELD_ROW}
+_text = io.StringIO()
+csv.writer(_text).writerow(_csv_cells({"child_id": "", **_WITHHELD_ROW}))
+_WITHHELD_CSV = _text.getvalue()  # after the identifier, which CSV writes as it stands
+del _text
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -166,7 +187,9 @@ def write_document(path: Path, doc: Mapping[str, Any]) -> None:
         handle.write("{\n")
         for key, value in doc.items():
             if key != "children":
-                text = json.dumps(value, ensure_ascii=False, indent=1)
+                # A history's list of a million identifiers goes on one line, by the C encoder.
+                indent = None if key == NOT_ELIGIBLE_CHILDREN else 1
+                text = json.dumps(value, ensure_ascii=False, indent=indent)
                 handle.write(f" {json.dumps(key)}: {text},\n")
         handle.write(' "children": [')
         handle.writelines(
@@ -183,9 +206,7 @@ def history_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **doc,
         "children": [r for r in rows if r["classification"] in CANDIDATES],
-        "not_eligible_children": [
-            r["child_id"] for r in rows if r["classification"] == NOT_ELIGIBLE
-        ],
+        NOT_ELIGIBLE_CHILDREN: [r["child_id"] for r in rows if r["classification"] == NOT_ELIGIBLE],
     }
 
 
@@ -198,11 +219,11 @@ def write_outputs(result: ScreeningResult) -> dict[str, Any]:
         with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(RESULT_COLUMNS)
-            writer.writerows(
-                (row["child_id"], row["classification"], row["father_status"],
-                 row["mother_status"], "; ".join(row["reasons"]), " ".join(row["evidence"]))
-                for row in doc["children"]
-            )  # fmt: skip
+            for row in doc["children"]:
+                if _withheld(row):
+                    handle.write(row["child_id"] + _WITHHELD_CSV)
+                else:
+                    writer.writerow(_csv_cells(row))
         write_document(out / RESULTS_JSON, doc)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:

@@ -36,7 +36,6 @@ from nodes.screening.classify import (
     UNKNOWN,
     Classification,
     Match,
-    ParentFinding,
     age_of,
     classify,
     recalled,
@@ -386,7 +385,8 @@ def _screen(
     name = f"{as_of.isoformat()}_{run_at:%Y%m%dT%H%M%S%fZ}.json"
     previous = _previous(history, name)  # a bad history file fails before any query
     roster = read_roster(roster_path, as_of)
-    minors = [c for c in roster.children if age_of(c.child_id, as_of) < rules.adult_age]
+    ages = [age_of(c.child_id, as_of) for c in roster.children]
+    minors = [c for c, age in zip(roster.children, ages, strict=True) if age < rules.adult_age]
     ids = sorted({p for c in minors for p in (c.father, c.mother) if isinstance(p, str)})
     known = [c for c in minors if isinstance(c.father, str) and isinstance(c.mother, str)]
     with Client(load_federation(federation_file)) as client:
@@ -411,9 +411,9 @@ def _screen(
             c.region_code,
             recall[c.child_id]
             if c.child_id in recall
-            else classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules),
+            else classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules, age),
         )
-        for c in roster.children
+        for c, age in zip(roster.children, ages, strict=True)
     )
     result = ScreeningResult(
         as_of=as_of,
@@ -429,7 +429,7 @@ def _screen(
         out_dir=out,
         history_file=history / name,
         seconds=time.perf_counter() - started,
-        reused=len(reuse.recalled),
+        reused=int(np.count_nonzero(reuse.where >= 0)),
     )
     doc = write_outputs(result)
     try:
@@ -470,50 +470,59 @@ class _Reuse:
         self.recalled: dict[str, Classification] = {}
 
     def recall(self, previous: memo.Memo | None, document: Mapping[str, Any]) -> None:
-        """Reuse the class of every child the memo still holds good for; a candidate's row comes
-        from the history document the memo belongs to."""
+        """Reuse the class of every child the memo still holds good for. Children whose parents
+        no node holds anything of go through ``classify``'s fast path (as cheap, the same
+        answer); the others are recalled without opening a label, a candidate's reasons and
+        evidence from the row of the history document the memo belongs to."""
         if previous is None:
             return
         self.previous = previous
-        where = previous.recall(self.keys, self.digests, self.as_of)
+        self.where = where = previous.recall(self.keys, self.digests, self.as_of)
+        fathers, mothers = self.records[self.fathers], self.records[self.mothers]
+        chosen = np.flatnonzero((where >= 0) & (fathers | mothers))
+        at = where[chosen]
         rows = {row["child_id"]: row for row in document["children"]}
         statuses = memo.vocabulary(self.rules)
-        findings: dict[tuple[str, int, bool], ParentFinding] = {}
-
-        def finding(role: str, code: int, person: int) -> ParentFinding:
-            key = (role, code, bool(self.records[person]))
-            if key not in findings:
-                findings[key] = recalled(role, statuses[code], key[2], self.rules)
-            return findings[key]
-
-        for i in np.flatnonzero(where >= 0).tolist():
-            child, at = self.known[i], where[i]
-            klass = CLASSES[previous.classes[at]]
-            father = finding("father", previous.fathers[at], self.fathers[i])
-            mother = finding("mother", previous.mothers[at], self.mothers[i])
-            age = age_of(child.child_id, self.as_of)
+        findings = {
+            (role, code, records): recalled(role, status, records, self.rules)
+            for role in ("father", "mother")
+            for code, status in enumerate(statuses)
+            for records in (False, True)
+        }
+        for i, klass, father_code, mother_code, father_records, mother_records in zip(
+            chosen.tolist(),
+            previous.classes[at].tolist(),
+            previous.fathers[at].tolist(),
+            previous.mothers[at].tolist(),
+            fathers[chosen].tolist(),
+            mothers[chosen].tolist(),
+            strict=True,
+        ):
+            child = self.known[i].child_id
+            klass = CLASSES[klass]
+            father = findings["father", father_code, father_records]
+            mother = findings["mother", mother_code, mother_records]
             if klass == NOT_ELIGIBLE:
                 reasons, evidence = father.reasons + mother.reasons, ()
-            elif (row := rows.get(child.child_id)) and row["classification"] == klass:
+            elif (row := rows.get(child)) and row["classification"] == klass:
                 reasons, evidence = tuple(row["reasons"]), tuple(row["evidence"])
             else:
                 where[i] = -1
                 continue
-            self.recalled[child.child_id] = Classification(
-                child.child_id, klass, age, father, mother, reasons, evidence
+            self.recalled[child] = Classification(
+                child, klass, age_of(child, self.as_of), father, mother, reasons, evidence
             )
-        self.where = where
 
     def to_open(self, minors: Sequence[RosterChild]) -> np.ndarray:
-        """Rows of the identifiers whose labels must be opened: the parents of every minor not
-        reused."""
+        """Rows of the identifiers whose labels must be opened: the parents, with entries, of
+        every minor not reused."""
         needed = np.zeros(len(self.records), bool)
         fresh = self.where < 0
         needed[self.fathers[fresh]] = needed[self.mothers[fresh]] = True
         for c in minors:
             if isinstance(c.father, Unknown) != isinstance(c.mother, Unknown):
                 needed[self.index[c.mother if isinstance(c.father, Unknown) else c.father]] = True
-        return np.flatnonzero(needed)
+        return np.flatnonzero(needed & self.records)
 
     def remember(
         self, children: Sequence[Screened], found: Mapping[str, Sequence[Match]], context: dict
