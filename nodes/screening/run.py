@@ -178,6 +178,19 @@ def _node_runs(
     ]
 
 
+def _parents(minors: Sequence[RosterChild]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The minors' distinct valid parent identifiers, sorted, and each minor's father and mother
+    as rows of that list (-1: blank or invalid), by one sort of the identifiers as bytes."""
+    cells = np.array(
+        [p if isinstance(p, str) else "" for c in minors for p in (c.father, c.mother)], "S18"
+    )
+    distinct, inverse = np.unique(cells, return_inverse=True)
+    if len(distinct) and distinct[0] == b"":
+        distinct, inverse = distinct[1:], inverse - 1
+    pairs = inverse.reshape(-1, 2).astype(np.intp)
+    return [v.decode("ascii") for v in distinct.tolist()], pairs[:, 0], pairs[:, 1]
+
+
 # ---- changes since the previous run ------------------------------------------------------------
 
 
@@ -387,19 +400,19 @@ def _screen(
     roster = read_roster(roster_path, as_of)
     ages = [age_of(c.child_id, as_of) for c in roster.children]
     minors = [c for c, age in zip(roster.children, ages, strict=True) if age < rules.adult_age]
-    ids = sorted({p for c in minors for p in (c.father, c.mother) if isinstance(p, str)})
-    known = [c for c in minors if isinstance(c.father, str) and isinstance(c.mother, str)]
+    ids, fathers, mothers = _parents(minors)
+    known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
     with Client(load_federation(federation_file)) as client:
         plan = _plan(client, rules)
         results = _ask(client, plan, ids, as_of)
-        keys = client.identifier_keys([c.child_id for c in known])[:, 0]
+        keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
         memo_file = memo_path(client.config.cache, history)
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
-    reuse = _Reuse(rules, as_of, ids, known, results, keys)
+    reuse = _Reuse(rules, as_of, minors, known, fathers, mothers, results, keys)
     if previous is not None and not retain_ineligible:
         context = memo.context(rules, datasets, Path(previous["file"]).name)
         reuse.recall(memo.load(memo_file, context), previous)
-    found = _records(plan, results, reuse.to_open(minors))
+    found = _records(plan, results, reuse.to_open())
     held = {s for _, _, statuses in plan for s in statuses}
 
     def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
@@ -450,18 +463,23 @@ class _Reuse:
         self,
         rules: Rules,
         as_of: date,
-        ids: list[str],
-        known: list[RosterChild],
+        minors: Sequence[RosterChild],
+        known: np.ndarray,
+        fathers: np.ndarray,
+        mothers: np.ndarray,
         results: Sequence[QueryResult],
         keys: np.ndarray,
     ):
-        self.rules, self.as_of, self.known, self.keys = rules, as_of, known, keys
-        index = {p: i for i, p in enumerate(ids)}
-        self.fathers = np.fromiter((index[c.father] for c in known), np.intp, len(known))
-        self.mothers = np.fromiter((index[c.mother] for c in known), np.intp, len(known))
-        self.index = index
+        """``known``: the minors with both parents' identifiers valid; ``fathers`` and
+        ``mothers``: each minor's parents as rows of the identifiers asked about (-1: none);
+        ``keys``: the known minors' identifier keys."""
+        self.rules, self.as_of, self.keys = rules, as_of, keys
+        self.known = [minors[i] for i in known.tolist()]
+        self.lone = np.concatenate([fathers[(fathers >= 0) & (mothers < 0)],
+                                    mothers[(mothers >= 0) & (fathers < 0)]])  # fmt: skip
+        self.fathers, self.mothers = fathers[known], mothers[known]
         tokens = memo.mix(*(word for r in results for word in (r.tags, r.fingerprints)))
-        self.records = np.zeros(len(ids), bool)
+        self.records = np.zeros(len(tokens), bool)
         for r in results:
             self.records |= r.fingerprints != 0
         self.digests = memo.mix(tokens[self.fathers], tokens[self.mothers])
@@ -513,15 +531,12 @@ class _Reuse:
                 child, klass, age_of(child, self.as_of), father, mother, reasons, evidence
             )
 
-    def to_open(self, minors: Sequence[RosterChild]) -> np.ndarray:
+    def to_open(self) -> np.ndarray:
         """Rows of the identifiers whose labels must be opened: the parents, with entries, of
         every minor not reused."""
         needed = np.zeros(len(self.records), bool)
         fresh = self.where < 0
-        needed[self.fathers[fresh]] = needed[self.mothers[fresh]] = True
-        for c in minors:
-            if isinstance(c.father, Unknown) != isinstance(c.mother, Unknown):
-                needed[self.index[c.mother if isinstance(c.father, Unknown) else c.father]] = True
+        needed[self.fathers[fresh]] = needed[self.mothers[fresh]] = needed[self.lone] = True
         return np.flatnonzero(needed & self.records)
 
     def remember(
