@@ -7,8 +7,10 @@
 Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and
 the table tag and label key derived from the OPRF output of each identifier it already asked
 about, so a rerun evaluates only identifiers it has not seen in that epoch. Several nodes are
-queried at once, blinding, evaluation and finalizing overlapping block by block. A node that
-fails raises ``NodeError``: a failure never looks like an empty result.
+queried at once, blinding, evaluation and finalizing overlapping block by block. Labels are
+opened when the caller asks for them (``QueryResult.matches`` or ``found``), so a rerun opens only
+those whose entries changed. A node that fails raises ``NodeError``: a failure never looks like an
+empty result.
 """
 
 from __future__ import annotations

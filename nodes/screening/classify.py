@@ -9,7 +9,6 @@ record handles of the counted status are the evidence a department can resolve i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import NamedTuple
 
@@ -47,8 +46,7 @@ class Match(NamedTuple):
         return f"{self.node}/{self.dataset}@v{self.table_version}#{handle}"
 
 
-@dataclass(frozen=True)
-class Judged:
+class Judged(NamedTuple):
     """One record against the rules: ``counts`` is None when the record lacks what the rule
     needs (a date, a grade), so that missing data never quietly decides either way."""
 
@@ -57,8 +55,7 @@ class Judged:
     text: str  # e.g. "imprisoned 2025-01-03–2027-01-02 (term ≥ 6 months, running)"
 
 
-@dataclass(frozen=True)
-class ParentFinding:
+class ParentFinding(NamedTuple):
     """What counts for one parent: ``status`` is the counting status (first in the rules'
     precedence), NONE, UNKNOWN or NOT_ASKED; ``effect`` is ORPHANING, EIGHT, NONE or UNKNOWN."""
 
@@ -87,8 +84,7 @@ class ParentFinding:
         return tuple(j.match.evidence for j in counted)
 
 
-@dataclass(frozen=True)
-class Classification:
+class Classification(NamedTuple):
     """A child's class as of the date, with each parent's finding; ``reasons`` are every
     record's words (or the age), ``evidence`` the handles of the counted records."""
 

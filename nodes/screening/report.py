@@ -78,8 +78,7 @@ def public_row(verdict: Classification, retain_ineligible: bool) -> dict[str, An
     }
 
 
-# The row of most children, shared (never mutated), and its JSON after the child's identifier: a
-# canonical identifier is 18 characters of [0-9X], JSON as it stands.
+# The row of most children, shared (never mutated).
 _WITHHELD_ROW = {
     "classification": NOT_ELIGIBLE,
     "father_status": WITHHELD,
@@ -87,17 +86,6 @@ _WITHHELD_ROW = {
     "reasons": [WITHHELD],
     "evidence": [],
 }
-_WITHHELD_JSON = ", " + json.dumps(_WITHHELD_ROW)[1:]
-
-
-def _withheld(row: Mapping[str, Any]) -> bool:
-    return row["father_status"] == WITHHELD and row.keys() == _ROW_KEYS
-
-
-def _row_json(row: Mapping[str, Any]) -> str:
-    if _withheld(row):
-        return '{"child_id": "' + row["child_id"] + '"' + _WITHHELD_JSON
-    return json.dumps(row, ensure_ascii=False)
 
 
 def _csv_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
@@ -111,11 +99,48 @@ def _csv_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-_ROW_KEYS = {"child_id", *_WITHHELD_ROW}
-_text = io.StringIO()
-csv.writer(_text).writerow(_csv_cells({"child_id": "", **_WITHHELD_ROW}))
-_WITHHELD_CSV = _text.getvalue()  # after the identifier, which CSV writes as it stands
-del _text
+class _Lines:
+    """Result rows (``public_row``'s) as CSV and JSON lines. A row without evidence (a withheld
+    row, an adult's) shares everything after the child's identifier with every row of the same
+    cells, so most of a million rows are written by concatenation: a canonical identifier is 18
+    characters of [0-9X], needing no quoting in CSV or escaping in JSON."""
+
+    def __init__(self) -> None:
+        self._csv: dict[tuple[str, ...], str] = {}
+        self._json: dict[tuple[str, ...], str] = {}
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer)
+
+    @staticmethod
+    def _shared(row: Mapping[str, Any]) -> tuple[str, ...] | None:
+        if row["reasons"] is _WITHHELD_ROW["reasons"]:
+            return ()
+        if row["evidence"]:
+            return None
+        return (row["classification"], row["father_status"], row["mother_status"], *row["reasons"])
+
+    def _csv_line(self, row: Mapping[str, Any]) -> str:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(_csv_cells(row))
+        return self._buffer.getvalue()
+
+    def csv(self, row: Mapping[str, Any]) -> str:
+        key = self._shared(row)
+        if key is None:
+            return self._csv_line(row)
+        if key not in self._csv:
+            self._csv[key] = self._csv_line({**row, "child_id": ""})
+        return row["child_id"] + self._csv[key]
+
+    def json(self, row: Mapping[str, Any]) -> str:
+        key = self._shared(row)
+        if key is None:
+            return json.dumps(row, ensure_ascii=False)
+        if key not in self._json:
+            rest = {k: v for k, v in row.items() if k != "child_id"}
+            self._json[key] = ", " + json.dumps(rest, ensure_ascii=False)[1:]
+        return '{"child_id": "' + row["child_id"] + '"' + self._json[key]
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -192,8 +217,9 @@ def write_document(path: Path, doc: Mapping[str, Any]) -> None:
                 text = json.dumps(value, ensure_ascii=False, indent=indent)
                 handle.write(f" {json.dumps(key)}: {text},\n")
         handle.write(' "children": [')
+        lines = _Lines()
         handle.writelines(
-            (",\n  " if i else "\n  ") + _row_json(row) for i, row in enumerate(doc["children"])
+            (",\n  " if i else "\n  ") + lines.json(row) for i, row in enumerate(doc["children"])
         )
         handle.write("\n ]\n}\n")
 
@@ -217,13 +243,9 @@ def write_outputs(result: ScreeningResult) -> dict[str, Any]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(RESULT_COLUMNS)
-            for row in doc["children"]:
-                if _withheld(row):
-                    handle.write(row["child_id"] + _WITHHELD_CSV)
-                else:
-                    writer.writerow(_csv_cells(row))
+            csv.writer(handle).writerow(RESULT_COLUMNS)
+            lines = _Lines()
+            handle.writelines(map(lines.csv, doc["children"]))
         write_document(out / RESULTS_JSON, doc)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:

@@ -316,8 +316,7 @@ def _previous(history: Path, name: str) -> dict[str, Any] | None:
 # ---- the run ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Screened:
+class Screened(NamedTuple):
     """A classified child with the roster's region code, for the counts by region."""
 
     region_code: str
