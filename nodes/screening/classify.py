@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import NamedTuple
 
+import numpy as np
+
 from nodes.roster import Unknown
 from nodes.screening.rules import Rules
 from psi.dates import add_months
@@ -107,6 +109,16 @@ def age_of(child_id: str, on: date) -> int:
     1 ms a call: too slow for a province's roster, whose identifiers are canonical already."""
     born = date(int(child_id[6:10]), int(child_id[10:12]), int(child_id[12:14]))
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def ages_of(child_ids: Sequence[str], on: date) -> list[int]:
+    """``age_of`` of many canonical identifiers at once (a roster's million in a tenth of a
+    second)."""
+    digits = np.array(child_ids, "S18").view(np.uint8).reshape(-1, 18).astype(np.int32) - ord("0")
+    year = digits[:, 6] * 1000 + digits[:, 7] * 100 + digits[:, 8] * 10 + digits[:, 9]
+    month, day = digits[:, 10] * 10 + digits[:, 11], digits[:, 12] * 10 + digits[:, 13]
+    before = (month > on.month) | ((month == on.month) & (day > on.day))
+    return (on.year - year - before).tolist()
 
 
 def _span(record: Record) -> str:

@@ -37,6 +37,7 @@ from nodes.screening.classify import (
     Classification,
     Match,
     age_of,
+    ages_of,
     classify,
     recalled,
     stable_until,
@@ -397,8 +398,9 @@ def _screen(
     name = f"{as_of.isoformat()}_{run_at:%Y%m%dT%H%M%S%fZ}.json"
     previous = _previous(history, name)  # a bad history file fails before any query
     roster = read_roster(roster_path, as_of)
-    ages = [age_of(c.child_id, as_of) for c in roster.children]
-    minors = [c for c, age in zip(roster.children, ages, strict=True) if age < rules.adult_age]
+    ages = ages_of([c.child_id for c in roster.children], as_of)
+    young = [i for i, age in enumerate(ages) if age < rules.adult_age]
+    minors = [roster.children[i] for i in young]
     ids, fathers, mothers = _parents(minors)
     known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
     with Client(load_federation(federation_file)) as client:
@@ -407,7 +409,7 @@ def _screen(
         keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
         memo_file = memo_path(client.config.cache, history)
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
-    reuse = _Reuse(rules, as_of, minors, known, fathers, mothers, results, keys)
+    reuse = _Reuse(rules, as_of, minors, young, known, fathers, mothers, results, keys)
     if previous is not None and not retain_ineligible:
         context = memo.context(rules, datasets, Path(previous["file"]).name)
         reuse.recall(memo.load(memo_file, context), previous)
@@ -463,17 +465,20 @@ class _Reuse:
         rules: Rules,
         as_of: date,
         minors: Sequence[RosterChild],
+        young: Sequence[int],
         known: np.ndarray,
         fathers: np.ndarray,
         mothers: np.ndarray,
         results: Sequence[QueryResult],
         keys: np.ndarray,
     ):
-        """``known``: the minors with both parents' identifiers valid; ``fathers`` and
+        """``young``: the minors' rows in the roster; ``known``: the minors with both parents'
+        identifiers valid; ``fathers`` and
         ``mothers``: each minor's parents as rows of the identifiers asked about (-1: none);
         ``keys``: the known minors' identifier keys."""
         self.rules, self.as_of, self.keys = rules, as_of, keys
         self.known = [minors[i] for i in known.tolist()]
+        self.rows = np.asarray(young, np.intp)[known].tolist()  # the known minors' roster rows
         self.lone = np.concatenate([fathers[(fathers >= 0) & (mothers < 0)],
                                     mothers[(mothers >= 0) & (fathers < 0)]])  # fmt: skip
         self.fathers, self.mothers = fathers[known], mothers[known]
@@ -545,18 +550,16 @@ class _Reuse:
         n, as_of, rules = len(self.known), self.as_of, self.rules
         code = {s: i for i, s in enumerate(memo.vocabulary(rules))}
         klass = {c: i for i, c in enumerate(CLASSES)}
-        verdicts = {c.verdict.child_id: c.verdict for c in children}
         until = np.empty(n, np.int32)
         classes, fathers, mothers = (np.empty(n, np.uint8) for _ in range(3))
+        reused = self.where >= 0
+        if self.previous is not None:
+            at, kept = self.where[reused], self.previous
+            until[reused], classes[reused] = kept.until[at], kept.classes[at]
+            fathers[reused], mothers[reused] = kept.fathers[at], kept.mothers[at]
         tomorrow = as_of.toordinal() + 1
-        kept = self.previous
-        for i, child in enumerate(self.known):
-            at = self.where[i]
-            if at >= 0 and kept is not None:
-                until[i], classes[i] = kept.until[at], kept.classes[at]
-                fathers[i], mothers[i] = kept.fathers[at], kept.mothers[at]
-                continue
-            verdict = verdicts[child.child_id]
+        for i in np.flatnonzero(~reused).tolist():
+            child, verdict = self.known[i], children[self.rows[i]].verdict
             classes[i] = klass[verdict.classification]
             fathers[i], mothers[i] = code[verdict.father.status], code[verdict.mother.status]
             if verdict.classification in CANDIDATES:  # its reasons quote the date
