@@ -58,14 +58,19 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
     why = {(r.line, r.column): r.reason for r in rejects}
     kids, fathers, mothers = (columns[c] for c in (CHILD_COLUMN, *PARENT_COLUMNS))
 
-    def parent(column: str, line: int, value: str | None, blank: bool) -> str | Unknown:
-        if value is not None:
-            return value
+    def unknown(column: str, line: int, blank: bool) -> Unknown:
         return Unknown("blank" if blank else f"invalid ({why[line, column]})")
 
     children, first_line = [], {}
-    for i, ((line, child), (_, father), (_, mother), region) in enumerate(
-        zip(kids.rows(), fathers.rows(), mothers.rows(), regions, strict=True)
+    for i, (line, child, father, mother, region) in enumerate(
+        zip(
+            kids.lines.tolist(),
+            kids.values(),
+            fathers.values(),
+            mothers.values(),
+            regions,
+            strict=True,
+        )
     ):
         if child is None:  # invalid ones are rejects already; an empty row is nothing
             empty = fathers.blank[i] and mothers.blank[i] and not region
@@ -81,8 +86,8 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
             RosterChild(
                 child,
                 region,
-                parent(PARENT_COLUMNS[0], line, father, bool(fathers.blank[i])),
-                parent(PARENT_COLUMNS[1], line, mother, bool(mothers.blank[i])),
+                father or unknown(PARENT_COLUMNS[0], line, bool(fathers.blank[i])),
+                mother or unknown(PARENT_COLUMNS[1], line, bool(mothers.blank[i])),
             )
         )
     order = (CHILD_COLUMN, *PARENT_COLUMNS)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum
 from itertools import islice
+from operator import itemgetter
 
 import numpy as np
 
@@ -151,10 +152,13 @@ class IdColumn:
     blank: np.ndarray  # bool: empty (or all-space) cells, not errors by themselves
     rejects: tuple[Reject, ...]  # every non-blank invalid row, in file order
 
+    def values(self) -> list[str | None]:
+        """The canonical id of every data row, None where not valid."""
+        return [v.decode("ascii") or None for v in self.ids.tolist()]  # b"": not valid
+
     def rows(self) -> Iterator[tuple[int, str | None]]:
         """(line, canonical id or None) for every data row."""
-        values = [v.decode("ascii") or None for v in self.ids.tolist()]  # b"": not valid
-        return zip(self.lines.tolist(), values, strict=True)
+        return zip(self.lines.tolist(), self.values(), strict=True)
 
 
 def mask(raw: str) -> str:
@@ -352,12 +356,15 @@ def _column_index(header: list[str], column: str, file: str) -> int:
     )
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what ends a line in a file read with newline=""
+
+
 def _cells(rows: list[list[str]], index: int) -> list[str | None]:
     """The rows' cells in a column: None for a row that has fields but too few to reach the
     column (an empty line is a row of blank cells). Most rows are full: one pass takes them."""
     width = index + 1
     if not rows or min(map(len, rows)) >= width:
-        return [row[index] for row in rows]
+        return list(map(itemgetter(index), rows))
     return [row[index] if index < len(row) else None if row else "" for row in rows]
 
 
@@ -394,13 +401,18 @@ def _read_columns(
     plain: dict[str, list[str | None]] = {c: [] for c in cells}
     start = reader.line_num + 1
     while True:
-        starts, rows = [], []
-        for row in islice(reader, _CHUNK_ROWS):
-            starts.append(start)
-            rows.append(row)
-            start = reader.line_num + 1
+        rows = list(islice(reader, _CHUNK_ROWS))
         if not rows:
             break
+        end = reader.line_num  # the last line of the chunk's last row
+        if end - start + 1 == len(rows):  # every row on one line: the common case
+            starts = list(range(start, end + 1))
+        else:  # quoted cells spanning lines: a row starts after the line breaks inside earlier ones
+            starts, line = [], start
+            for row in rows:
+                starts.append(line)
+                line += 1 + sum(len(_LINE_BREAK.findall(cell)) for cell in row)
+        start = end + 1
         lines.append(np.array(starts, dtype=np.int64))
         for column, index in id_at.items():
             found = _cells(rows, index)

@@ -369,7 +369,10 @@ def test_csv_with_ten_percent_bad_rows_loses_nothing(tmp_path: Path, bom: bool) 
     line = 2
     for i in range(2000):
         number = make_id(rng)
-        note = "moved\nhouse" if i % 97 == 0 else ""  # a quoted field spanning two lines
+        # Quoted fields spanning lines, with every kind of line break.
+        note, breaks = [("", 0), ("moved\nhouse", 1), ("moved\r\nhouse", 1), ("a\rb\nc", 2)][
+            (i // 97) % 3 + 1 if i % 97 == 0 else 0
+        ]
         if i % 10 == 3:
             raw = number[:17] + ("1" if number[17] != "1" else "2")
             bad[line] = raw
@@ -383,7 +386,7 @@ def test_csv_with_ten_percent_bad_rows_loses_nothing(tmp_path: Path, bom: bool) 
             raw = number.lower() if i % 3 else number
             good[line] = number
         rows.append([f"child {i}", raw, note])
-        line += 2 if note else 1
+        line += 1 + breaks
     write_csv(path, rows, bom=bom)
 
     column = read_ids(path, "sfzh", today=TODAY)

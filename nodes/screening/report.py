@@ -99,6 +99,9 @@ def _csv_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
+
+
 class _Lines:
     """Result rows (``public_row``'s) as CSV and JSON lines. A row without evidence (a withheld
     row, an adult's) shares everything after the child's identifier with every row of the same
@@ -136,10 +139,10 @@ class _Lines:
     def json(self, row: Mapping[str, Any]) -> str:
         key = self._shared(row)
         if key is None:
-            return json.dumps(row, ensure_ascii=False)
+            return _JSON.encode(row)
         if key not in self._json:
             rest = {k: v for k, v in row.items() if k != "child_id"}
-            self._json[key] = ", " + json.dumps(rest, ensure_ascii=False)[1:]
+            self._json[key] = ", " + _JSON.encode(rest)[1:]
         return '{"child_id": "' + row["child_id"] + '"' + self._json[key]
 
 
