@@ -325,10 +325,11 @@ class Client:
         nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
         ``NodeError``, so the others' results are not lost."""
         keys = self.identifier_keys(ids)
+        by_first = np.argsort(keys[:, 0])  # sorted once for every node's cache lookup
 
         def plan(request: tuple[str, str]) -> _Plan | NodeError:
             try:
-                return self._plan(*request, keys, purpose)
+                return self._plan(*request, keys, by_first, purpose)
             except NodeError as exc:
                 return exc
 
@@ -368,7 +369,9 @@ class Client:
         )
         return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
 
-    def _plan(self, node: str, dataset: str, keys: np.ndarray, purpose: str) -> _Plan:
+    def _plan(
+        self, node: str, dataset: str, keys: np.ndarray, by_first: np.ndarray, purpose: str
+    ) -> _Plan:
         """What a query needs from the node: its epoch, and which identifiers have no cached
         output for that epoch yet."""
         started = time.perf_counter()
@@ -387,7 +390,7 @@ class Client:
             )
         folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
         cache = OutputCache(folder / "derived.bin", self._secret, DERIVED_BYTES)
-        found, derived = cache.lookup(keys)
+        found, derived = cache.lookup(keys, by_first)
         timings = {"plan": time.perf_counter() - started}
         return _Plan(
             node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings

@@ -11,7 +11,9 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
-from psi.ids import Reject, mask, read_columns
+import numpy as np
+
+from psi.ids import IdColumn, Reject, mask, read_columns
 
 CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
@@ -38,11 +40,15 @@ class RosterChild(NamedTuple):
 
 @dataclass(frozen=True)
 class Roster:
-    """The usable rows of a roster file and every bad cell, masked."""
+    """The usable rows of a roster file and every bad cell, masked. ``fathers`` and ``mothers``
+    hold the children's parents' canonical identifiers as bytes ('S18', b"" where unknown), for
+    work done on arrays."""
 
     path: Path
     children: tuple[RosterChild, ...]
     rejects: tuple[Reject, ...]
+    fathers: np.ndarray
+    mothers: np.ndarray
 
 
 def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
@@ -55,44 +61,54 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
     )
     regions = [(cell or "").strip() for cell in plain[REGION_COLUMN]]
     rejects = [r for column in columns.values() for r in column.rejects]
-    why = {(r.line, r.column): r.reason for r in rejects}
     kids, fathers, mothers = (columns[c] for c in (CHILD_COLUMN, *PARENT_COLUMNS))
+    lines = kids.lines
 
-    def unknown(column: str, line: int, blank: bool) -> Unknown:
-        return Unknown("blank" if blank else f"invalid ({why[line, column]})")
-
-    children, first_line = [], {}
-    for i, (line, child, father, mother, region) in enumerate(
-        zip(
-            kids.lines.tolist(),
-            kids.values(),
-            fathers.values(),
-            mothers.values(),
-            regions,
-            strict=True,
-        )
+    # A child's first row counts; a repeat is a reject naming that row.
+    valid = np.flatnonzero(kids.valid)
+    _, first, which = np.unique(kids.ids[valid], return_index=True, return_inverse=True)
+    kept = np.zeros(len(lines), bool)
+    kept[valid[first]] = True
+    for row, earlier in zip(
+        np.flatnonzero(kids.valid & ~kept).tolist(),
+        lines[valid[first[which]]][~kept[valid]].tolist(),
+        strict=True,
     ):
-        if child is None:  # invalid ones are rejects already; an empty row is nothing
-            empty = fathers.blank[i] and mothers.blank[i] and not region
-            if kids.blank[i] and not empty:
-                rejects.append(Reject(str(path), line, CHILD_COLUMN, "", "blank"))
-            continue
-        if child in first_line:
-            reason = f"repeats the child of line {first_line[child]}"
-            rejects.append(Reject(str(path), line, CHILD_COLUMN, mask(child), reason))
-            continue
-        first_line[child] = line
-        children.append(
-            RosterChild(
-                child,
-                region,
-                father or unknown(PARENT_COLUMNS[0], line, bool(fathers.blank[i])),
-                mother or unknown(PARENT_COLUMNS[1], line, bool(mothers.blank[i])),
+        child = kids.ids[row].decode("ascii")
+        reason = f"repeats the child of line {earlier}"
+        rejects.append(Reject(str(path), int(lines[row]), CHILD_COLUMN, mask(child), reason))
+    # A blank child identifier is a reject unless the whole row is empty (invalid ones are
+    # rejects already).
+    region_blank = np.array([not region for region in regions], bool)
+    empty = fathers.blank & mothers.blank & region_blank
+    for row in np.flatnonzero(kids.blank & ~empty).tolist():
+        rejects.append(Reject(str(path), int(lines[row]), CHILD_COLUMN, "", "blank"))
+
+    rows = np.flatnonzero(kept)
+    why = {(r.line, r.column): r.reason for r in rejects}
+
+    def parents(column: IdColumn) -> list[str | Unknown]:
+        found: list[str | Unknown] = [v.decode("ascii") for v in column.ids[rows].tolist()]
+        for i in np.flatnonzero(~column.valid[rows]).tolist():
+            row = rows[i]
+            blank = bool(column.blank[row])
+            found[i] = Unknown(
+                "blank" if blank else f"invalid ({why[int(lines[row]), column.column]})"
             )
+        return found
+
+    children = tuple(
+        map(
+            RosterChild,
+            [v.decode("ascii") for v in kids.ids[rows].tolist()],
+            [regions[row] for row in rows.tolist()],
+            parents(fathers),
+            parents(mothers),
         )
+    )
     order = (CHILD_COLUMN, *PARENT_COLUMNS)
     rejects.sort(key=lambda r: (r.line, order.index(r.column)))
-    return Roster(path, tuple(children), tuple(rejects))
+    return Roster(path, children, tuple(rejects), fathers.ids[rows], mothers.ids[rows])
 
 
 def parent_ids(roster: Roster) -> list[str]:

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from html import escape
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,16 +158,15 @@ def _change(change: Change) -> dict[str, Any]:
 
 def document(result: ScreeningResult) -> dict[str, Any]:
     """The results.json document: run metadata, counts, changes and one row per child."""
-    verdicts = [c.verdict for c in result.children]
-    by_class = Counter(v.classification for v in verdicts)
+    verdicts = list(map(attrgetter("verdict"), result.children))
+    classes = list(map(attrgetter("classification"), verdicts))
+    by_class = Counter(classes)
     by_region: dict[str, Counter[str]] = defaultdict(Counter)
-    for (region, verdict), n in Counter(
-        (c.region_code, c.verdict.classification) for c in result.children
-    ).items():
+    regions = map(attrgetter("region_code"), result.children)
+    for (region, verdict), n in Counter(zip(regions, classes, strict=True)).items():
         by_region[region or "(blank)"][verdict] += n
-    by_status = Counter(v.father.status for v in verdicts) + Counter(
-        v.mother.status for v in verdicts
-    )
+    by_status = Counter(map(attrgetter("father.status"), verdicts))
+    by_status.update(map(attrgetter("mother.status"), verdicts))
     changes = result.changes
     return {
         "format": FORMAT,

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -179,17 +180,22 @@ def _node_runs(
     ]
 
 
-def _parents(minors: Sequence[RosterChild]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The minors' distinct valid parent identifiers, sorted, and each minor's father and mother
-    as rows of that list (-1: blank or invalid), by one sort of the identifiers as bytes."""
-    cells = np.array(
-        [p if isinstance(p, str) else "" for c in minors for p in (c.father, c.mother)], "S18"
-    )
-    distinct, inverse = np.unique(cells, return_inverse=True)
-    if len(distinct) and distinct[0] == b"":
-        distinct, inverse = distinct[1:], inverse - 1
+def _parents(fathers: np.ndarray, mothers: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct valid identifiers among ``fathers`` and ``mothers`` ('S18', b"": unknown),
+    sorted, and each child's father and mother as rows of that list (-1: unknown), by one sort
+    of integers: a canonical identifier's first 17 digits decide its check character, and as a
+    number they sort as the identifier does (unknown ones are 0, below every region code)."""
+    cells = np.stack([fathers, mothers], axis=1).reshape(-1)
+    digits = cells.view(np.uint8).reshape(-1, 18)
+    numbers = np.zeros(len(cells), np.uint64)
+    for k in range(17):
+        numbers = numbers * np.uint64(10) + (digits[:, k] - np.uint8(ord("0")))
+    numbers[digits[:, 0] == 0] = 0
+    distinct, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+    if len(distinct) and distinct[0] == 0:
+        first, inverse = first[1:], inverse - 1
     pairs = inverse.reshape(-1, 2).astype(np.intp)
-    return [v.decode("ascii") for v in distinct.tolist()], pairs[:, 0], pairs[:, 1]
+    return [v.decode("ascii") for v in cells[first].tolist()], pairs[:, 0], pairs[:, 1]
 
 
 # ---- changes since the previous run ------------------------------------------------------------
@@ -258,7 +264,12 @@ def compare(
     before = {row["child_id"]: row for row in rows if row["classification"] in CANDIDATES}
     seen = {row["child_id"] for row in rows}.union(previous.get("not_eligible_children", ()))
     new, ended, changed = [], [], []
-    for now in verdicts:
+    # Only candidates, now or before, can have changed: most children are neither.
+    ids = map(attrgetter("child_id"), verdicts)
+    classes = map(attrgetter("classification"), verdicts)
+    for now, child, klass in zip(verdicts, ids, classes, strict=True):
+        if klass not in CANDIDATES and child not in before:
+            continue
         row = before.pop(now.child_id, None)
         was = row["classification"] if row else NOT_ELIGIBLE if now.child_id in seen else ABSENT
         after = now.classification
@@ -401,7 +412,7 @@ def _screen(
     ages = ages_of([c.child_id for c in roster.children], as_of)
     young = [i for i, age in enumerate(ages) if age < rules.adult_age]
     minors = [roster.children[i] for i in young]
-    ids, fathers, mothers = _parents(minors)
+    ids, fathers, mothers = _parents(roster.fathers[young], roster.mothers[young])
     known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
     with Client(load_federation(federation_file)) as client:
         plan = _plan(client, rules)
