@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from psi.ids import IdColumn, Reject, mask, read_columns
+from psi.ids import IdColumn, Reject, id_numbers, mask, read_columns
 
 CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
@@ -66,7 +66,7 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
 
     # A child's first row counts; a repeat is a reject naming that row.
     valid = np.flatnonzero(kids.valid)
-    _, first, which = np.unique(kids.ids[valid], return_index=True, return_inverse=True)
+    _, first, which = np.unique(id_numbers(kids.ids[valid]), return_index=True, return_inverse=True)
     kept = np.zeros(len(lines), bool)
     kept[valid[first]] = True
     for row, earlier in zip(

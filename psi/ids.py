@@ -200,6 +200,18 @@ def check_character(body17: str) -> str:
     return check_characters(np.array([body17], dtype="S17"))[0].decode("ascii")
 
 
+def id_numbers(ids: np.ndarray) -> np.ndarray:
+    """Canonical identifiers ('S18', b"" for none) as uint64: the first 17 digits, which decide
+    the check character, as a number. Equal and ordered as the identifiers are, and 0 (below
+    every region code) for none; sorting a million of them is a fraction of sorting the bytes."""
+    digits = ids.view(np.uint8).reshape(-1, 18)
+    numbers = np.zeros(len(ids), np.uint64)
+    for k in range(17):
+        numbers = numbers * np.uint64(10) + (digits[:, k] - np.uint8(_ZERO))
+    numbers[digits[:, 0] == 0] = 0
+    return numbers
+
+
 def _number(digits: np.ndarray) -> np.ndarray:
     """The decimal value (int32) of each row of ASCII digits."""
     value = np.zeros(len(digits), dtype=np.int32)

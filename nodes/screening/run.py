@@ -49,7 +49,7 @@ from nodes.screening.rules import Rules, load_rules
 from protocols.kinlink.v1 import psi_pb2
 from psi.dates import add_months
 from psi.errors import InputError, KinlinkError, Source
-from psi.ids import Reject, birth_date
+from psi.ids import Reject, birth_date, id_numbers
 
 PURPOSE = "screening"
 ABSENT = "absent"  # a child not in the other run's roster
@@ -183,15 +183,9 @@ def _node_runs(
 def _parents(fathers: np.ndarray, mothers: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The distinct valid identifiers among ``fathers`` and ``mothers`` ('S18', b"": unknown),
     sorted, and each child's father and mother as rows of that list (-1: unknown), by one sort
-    of integers: a canonical identifier's first 17 digits decide its check character, and as a
-    number they sort as the identifier does (unknown ones are 0, below every region code)."""
+    of ``psi.ids.id_numbers``."""
     cells = np.stack([fathers, mothers], axis=1).reshape(-1)
-    digits = cells.view(np.uint8).reshape(-1, 18)
-    numbers = np.zeros(len(cells), np.uint64)
-    for k in range(17):
-        numbers = numbers * np.uint64(10) + (digits[:, k] - np.uint8(ord("0")))
-    numbers[digits[:, 0] == 0] = 0
-    distinct, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+    distinct, first, inverse = np.unique(id_numbers(cells), return_index=True, return_inverse=True)
     if len(distinct) and distinct[0] == 0:
         first, inverse = first[1:], inverse - 1
     pairs = inverse.reshape(-1, 2).astype(np.intp)
