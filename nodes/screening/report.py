@@ -18,7 +18,7 @@ from dataclasses import asdict
 from html import escape
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nodes.register import CANONICAL
 from nodes.screening.classify import (
@@ -110,7 +110,7 @@ class _Lines:
     characters of [0-9X], needing no quoting in CSV or escaping in JSON."""
 
     def __init__(self) -> None:
-        self._csv: dict[tuple[str, ...], str] = {}
+        self._csv: dict[tuple[str, ...], str] = {}  # the text after the identifier, per cells
         self._json: dict[tuple[str, ...], str] = {}
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer)
@@ -129,22 +129,17 @@ class _Lines:
         self._writer.writerow(_csv_cells(row))
         return self._buffer.getvalue()
 
-    def csv(self, row: Mapping[str, Any]) -> str:
+    def both(self, row: Mapping[str, Any]) -> tuple[str, str]:
+        """The row's CSV line and JSON text."""
         key = self._shared(row)
         if key is None:
-            return self._csv_line(row)
+            return self._csv_line(row), _JSON.encode(row)
         if key not in self._csv:
             self._csv[key] = self._csv_line({**row, "child_id": ""})
-        return row["child_id"] + self._csv[key]
-
-    def json(self, row: Mapping[str, Any]) -> str:
-        key = self._shared(row)
-        if key is None:
-            return _JSON.encode(row)
-        if key not in self._json:
             rest = {k: v for k, v in row.items() if k != "child_id"}
             self._json[key] = ", " + _JSON.encode(rest)[1:]
-        return '{"child_id": "' + row["child_id"] + '"' + self._json[key]
+        child = row["child_id"]
+        return child + self._csv[key], '{"child_id": "' + child + '"' + self._json[key]
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -207,10 +202,10 @@ def document(result: ScreeningResult) -> dict[str, Any]:
     }
 
 
-def write_document(path: Path, doc: Mapping[str, Any]) -> None:
+def write_document(path: Path, doc: Mapping[str, Any], rows_csv: TextIO | None = None) -> None:
     """A results document as JSON: the run's metadata indented for reading, then one line per
     child, written by the C encoder (a million children in seconds; indenting them all takes a
-    minute)."""
+    minute). ``rows_csv``: a file the same rows go to as CSV lines, in the same pass."""
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("{\n")
         for key, value in doc.items():
@@ -220,10 +215,13 @@ def write_document(path: Path, doc: Mapping[str, Any]) -> None:
                 text = json.dumps(value, ensure_ascii=False, indent=indent)
                 handle.write(f" {json.dumps(key)}: {text},\n")
         handle.write(' "children": [')
-        lines = _Lines()
-        handle.writelines(
-            (",\n  " if i else "\n  ") + lines.json(row) for i, row in enumerate(doc["children"])
-        )
+        lines, separator = _Lines(), "\n  "
+        for row in doc["children"]:
+            as_csv, as_json = lines.both(row)
+            handle.write(separator + as_json)
+            separator = ",\n  "
+            if rows_csv is not None:
+                rows_csv.write(as_csv)
         handle.write("\n ]\n}\n")
 
 
@@ -247,9 +245,7 @@ def write_outputs(result: ScreeningResult) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
             csv.writer(handle).writerow(RESULT_COLUMNS)
-            lines = _Lines()
-            handle.writelines(map(lines.csv, doc["children"]))
-        write_document(out / RESULTS_JSON, doc)
+            write_document(out / RESULTS_JSON, doc, rows_csv=handle)
         (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the results in {out}: {exc.strerror}") from exc

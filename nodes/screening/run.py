@@ -37,7 +37,6 @@ from nodes.screening.classify import (
     UNKNOWN,
     Classification,
     Match,
-    age_of,
     ages_of,
     classify,
     recalled,
@@ -417,7 +416,7 @@ def _screen(
     reuse = _Reuse(rules, as_of, minors, young, known, fathers, mothers, results, keys)
     if previous is not None and not retain_ineligible:
         context = memo.context(rules, datasets, Path(previous["file"]).name)
-        reuse.recall(memo.load(memo_file, context), previous)
+        reuse.recall(memo.load(memo_file, context), previous, ages)
     found = _records(plan, results, reuse.to_open())
     held = {s for _, _, statuses in plan for s in statuses}
 
@@ -428,9 +427,8 @@ def _screen(
     children = tuple(
         Screened(
             c.region_code,
-            recall[c.child_id]
-            if c.child_id in recall
-            else classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules, age),
+            recall.get(c.child_id)  # a Classification, a non-empty tuple
+            or classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules, age),
         )
         for c, age in zip(roster.children, ages, strict=True)
     )
@@ -496,11 +494,14 @@ class _Reuse:
         self.previous: memo.Memo | None = None
         self.recalled: dict[str, Classification] = {}
 
-    def recall(self, previous: memo.Memo | None, document: Mapping[str, Any]) -> None:
+    def recall(
+        self, previous: memo.Memo | None, document: Mapping[str, Any], ages: Sequence[int]
+    ) -> None:
         """Reuse the class of every child the memo still holds good for. Children whose parents
         no node holds anything of go through ``classify``'s fast path (as cheap, the same
         answer); the others are recalled without opening a label, a candidate's reasons and
-        evidence from the row of the history document the memo belongs to."""
+        evidence from the row of the history document the memo belongs to. ``ages``: every
+        roster child's."""
         if previous is None:
             return
         self.previous = previous
@@ -537,7 +538,7 @@ class _Reuse:
                 where[i] = -1
                 continue
             self.recalled[child] = Classification(
-                child, klass, age_of(child, self.as_of), father, mother, reasons, evidence
+                child, klass, ages[self.rows[i]], father, mother, reasons, evidence
             )
 
     def to_open(self) -> np.ndarray:
