@@ -14,11 +14,11 @@ import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from html import escape
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from nodes.register import CANONICAL
 from nodes.screening.classify import (
@@ -60,14 +60,19 @@ MINIMISATION = {
 }
 
 
-def public_row(verdict: Classification, retain_ineligible: bool) -> dict[str, Any]:
-    """A child's result as written, with the parents' situations withheld for a not_eligible
-    minor unless ``retain_ineligible`` (an adult's reason is the age, not the parents)."""
-    if (
+def withheld(verdict: Classification, retain_ineligible: bool) -> bool:
+    """Whether the parents' situations are withheld: for a not_eligible minor unless
+    ``retain_ineligible`` (an adult's reason is the age, not the parents)."""
+    return (
         verdict.classification == NOT_ELIGIBLE
         and not retain_ineligible
         and verdict.father.status != NOT_ASKED
-    ):
+    )
+
+
+def public_row(verdict: Classification, retain_ineligible: bool) -> dict[str, Any]:
+    """A child's result as written (``withheld`` applied)."""
+    if withheld(verdict, retain_ineligible):
         return {"child_id": verdict.child_id, **_WITHHELD_ROW}
     return {
         "child_id": verdict.child_id,
@@ -138,8 +143,16 @@ class _Lines:
             self._csv[key] = self._csv_line({**row, "child_id": ""})
             rest = {k: v for k, v in row.items() if k != "child_id"}
             self._json[key] = ", " + _JSON.encode(rest)[1:]
-        child = row["child_id"]
-        return child + self._csv[key], '{"child_id": "' + child + '"' + self._json[key]
+        return self._joined(key, row["child_id"])
+
+    def withheld(self, child_id: str) -> tuple[str, str]:
+        """``both`` of a withheld row, without making it."""
+        if () not in self._csv:
+            return self.both({"child_id": child_id, **_WITHHELD_ROW})
+        return self._joined((), child_id)
+
+    def _joined(self, key: tuple[str, ...], child_id: str) -> tuple[str, str]:
+        return child_id + self._csv[key], '{"child_id": "' + child_id + '"' + self._json[key]
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -152,7 +165,7 @@ def _change(change: Change) -> dict[str, Any]:
 
 
 def document(result: ScreeningResult) -> dict[str, Any]:
-    """The results.json document: run metadata, counts, changes and one row per child."""
+    """The results.json document but its rows: run metadata, counts and changes."""
     verdicts = list(map(attrgetter("verdict"), result.children))
     classes = list(map(attrgetter("classification"), verdicts))
     by_class = Counter(classes)
@@ -198,59 +211,90 @@ def document(result: ScreeningResult) -> dict[str, Any]:
             "ended": [_change(c) for c in changes.ended],
             "changed": [_change(c) for c in changes.changed],
         },
-        "children": [public_row(v, result.retain_ineligible) for v in verdicts],
     }
 
 
-def write_document(path: Path, doc: Mapping[str, Any], rows_csv: TextIO | None = None) -> None:
-    """A results document as JSON: the run's metadata indented for reading, then one line per
-    child, written by the C encoder (a million children in seconds; indenting them all takes a
-    minute). ``rows_csv``: a file the same rows go to as CSV lines, in the same pass."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("{\n")
-        for key, value in doc.items():
-            if key != "children":
-                # A history's list of a million identifiers goes on one line, by the C encoder.
-                indent = None if key == NOT_ELIGIBLE_CHILDREN else 1
-                text = json.dumps(value, ensure_ascii=False, indent=indent)
-                handle.write(f" {json.dumps(key)}: {text},\n")
-        handle.write(' "children": [')
-        lines, separator = _Lines(), "\n  "
-        for row in doc["children"]:
-            as_csv, as_json = lines.both(row)
-            handle.write(separator + as_json)
-            separator = ",\n  "
-            if rows_csv is not None:
-                rows_csv.write(as_csv)
-        handle.write("\n ]\n}\n")
+class _Document:
+    """A results document written as it goes: the run's metadata indented for reading, then one
+    line per child, each encoded by the C encoder (a million children in seconds; indenting them
+    all takes a minute)."""
+
+    def __init__(self, path: Path, meta: Mapping[str, Any]):
+        self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by __exit__)
+        self._handle.write("{\n")
+        for key, value in meta.items():
+            # A history's list of a million identifiers goes on one line, by the C encoder.
+            indent = None if key == NOT_ELIGIBLE_CHILDREN else 1
+            text = json.dumps(value, ensure_ascii=False, indent=indent)
+            self._handle.write(f" {json.dumps(key)}: {text},\n")
+        self._handle.write(' "children": [')
+        self._separator = "\n  "
+
+    def add(self, row_json: str) -> None:
+        self._handle.write(self._separator + row_json)
+        self._separator = ",\n  "
+
+    def __enter__(self) -> _Document:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._handle.write("\n ]\n}\n")
+        finally:
+            self._handle.close()
 
 
-def history_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class History:
     """What the history keeps of a run: the candidates' rows and only the identifiers of the
     not_eligible children, all that the next run's comparison needs (and no more than the
     minimised results.json shows)."""
-    rows = doc["children"]
-    return {
-        **doc,
-        "children": [r for r in rows if r["classification"] in CANDIDATES],
-        NOT_ELIGIBLE_CHILDREN: [r["child_id"] for r in rows if r["classification"] == NOT_ELIGIBLE],
-    }
+
+    meta: dict[str, Any]  # results.json's, with the not_eligible children's identifiers
+    rows: list[dict[str, Any]]  # the candidates'
+    rows_json: list[str]  # the same, encoded once for both files
+
+    def write(self, path: Path) -> None:
+        with _Document(path, self.meta) as doc:
+            for row_json in self.rows_json:
+                doc.add(row_json)
 
 
-def write_outputs(result: ScreeningResult) -> dict[str, Any]:
-    """Write the four output files in ``result.out_dir``; returns the results.json document."""
+def write_outputs(result: ScreeningResult) -> History:
+    """Write the four output files in ``result.out_dir``, rows by rows in one pass (each
+    ``public_row`` made once, encoded once for CSV and once for JSON); returns what the
+    history keeps."""
     out = result.out_dir
-    doc = document(result)
+    meta = document(result)
+    rows, rows_json, others = [], [], []
+    lines = _Lines()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as handle:
-            csv.writer(handle).writerow(RESULT_COLUMNS)
-            write_document(out / RESULTS_JSON, doc, rows_csv=handle)
-        (out / REPORT_HTML).write_text(html_report(doc), encoding="utf-8")
+        with (
+            open(out / RESULTS_CSV, "w", encoding="utf-8", newline="") as table,
+            _Document(out / RESULTS_JSON, meta) as doc,
+        ):
+            csv.writer(table).writerow(RESULT_COLUMNS)
+            for verdict in map(attrgetter("verdict"), result.children):
+                if withheld(verdict, result.retain_ineligible):  # most children: no row made
+                    as_csv, as_json = lines.withheld(verdict.child_id)
+                    others.append(verdict.child_id)
+                else:
+                    row = public_row(verdict, result.retain_ineligible)
+                    as_csv, as_json = lines.both(row)
+                    if row["classification"] in CANDIDATES:
+                        rows.append(row)
+                        rows_json.append(as_json)
+                    elif row["classification"] == NOT_ELIGIBLE:
+                        others.append(row["child_id"])
+                table.write(as_csv)
+                doc.add(as_json)
+        report = html_report({**meta, "children": rows})
+        (out / REPORT_HTML).write_text(report, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the results in {out}: {exc.strerror}") from exc
     write_rejects(out / REJECTS_CSV, result.rejects)
-    return doc
+    return History({**meta, NOT_ELIGIBLE_CHILDREN: others}, rows, rows_json)
 
 
 def roll_register(result: ScreeningResult, path: str | Path) -> int:

@@ -43,7 +43,7 @@ from nodes.screening.classify import (
     stable_until,
 )
 from nodes.screening.memo import memo_path
-from nodes.screening.report import FORMAT, history_document, write_document, write_outputs
+from nodes.screening.report import FORMAT, write_outputs
 from nodes.screening.rules import Rules, load_rules
 from protocols.kinlink.v1 import psi_pb2
 from psi.dates import add_months
@@ -423,15 +423,16 @@ def _screen(
     def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
         return value if isinstance(value, Unknown) else found.get(value, ())
 
-    recall = reuse.recalled
-    children = tuple(
-        Screened(
-            c.region_code,
-            recall.get(c.child_id)  # a Classification, a non-empty tuple
-            or classify(c.child_id, as_of, parent(c.father), parent(c.mother), rules, age),
+    verdicts: list[Classification | None] = [None] * len(roster.children)
+    for row, verdict in reuse.recalled.items():
+        verdicts[row] = verdict
+    for row in [row for row, verdict in enumerate(verdicts) if verdict is None]:
+        c = roster.children[row]
+        verdicts[row] = classify(
+            c.child_id, as_of, parent(c.father), parent(c.mother), rules, ages[row]
         )
-        for c, age in zip(roster.children, ages, strict=True)
-    )
+    regions = map(attrgetter("region_code"), roster.children)
+    children = tuple(map(Screened, regions, verdicts))
     result = ScreeningResult(
         as_of=as_of,
         run_at=run_at,
@@ -448,14 +449,20 @@ def _screen(
         seconds=time.perf_counter() - started,
         reused=int(np.count_nonzero(reuse.where >= 0)),
     )
-    doc = write_outputs(result)
+    kept = write_outputs(result)
     try:
         history.mkdir(parents=True, exist_ok=True)
-        write_document(result.history_file, history_document(doc))
-        context = memo.context(rules, datasets, result.history_file.name)
-        memo.save(memo_file, reuse.remember(children, found, context))
+        kept.write(result.history_file)
     except OSError as exc:
         raise InputError(f"cannot keep the run in the history: {exc.strerror}") from exc
+    context = memo.context(rules, datasets, result.history_file.name)
+    try:
+        memo.save(memo_file, reuse.remember(children, found, context))
+    except OSError as exc:
+        raise InputError(
+            f"cannot keep the screening memo in the client's cache ({memo_file}): "
+            f"{exc.strerror}; the results and history are written"
+        ) from exc
     return result
 
 
@@ -492,7 +499,7 @@ class _Reuse:
         self.digests = memo.mix(tokens[self.fathers], tokens[self.mothers])
         self.where = np.full(len(known), -1, np.intp)
         self.previous: memo.Memo | None = None
-        self.recalled: dict[str, Classification] = {}
+        self.recalled: dict[int, Classification] = {}  # by roster row
 
     def recall(
         self, previous: memo.Memo | None, document: Mapping[str, Any], ages: Sequence[int]
@@ -537,7 +544,7 @@ class _Reuse:
             else:
                 where[i] = -1
                 continue
-            self.recalled[child] = Classification(
+            self.recalled[self.rows[i]] = Classification(
                 child, klass, ages[self.rows[i]], father, mother, reasons, evidence
             )
 
