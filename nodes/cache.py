@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,15 +50,25 @@ class OutputCache:
         self._header = MAGIC + width.to_bytes(2, "big")
         self._dtype = np.dtype([("key", "<u8", (2,)), ("output", np.uint8, (width,))])
         self._sorted: tuple[np.ndarray, ...] | None = None
+        self._lock = threading.Lock()  # one thread sorts; a lookup waits for it
 
     def keys(self, identifiers: Sequence[str]) -> np.ndarray:
         return cache_keys(self.secret, identifiers)
 
+    def load(self) -> None:
+        """Read and sort the file now (a lookup does on first use): a client may do it in the
+        background while it reads what it will look up."""
+        self._index()
+
     def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every complete record, its order by first key word, and both key words so sorted.
         A key put twice (two writers racing) may stay twice: its output is the same."""
-        if self._sorted is not None:
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = self._read()
             return self._sorted
+
+    def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         records = np.empty(0, self._dtype)
         data = self.path.read_bytes() if self.path.exists() else b""
         if len(data) > len(self._header):
@@ -73,8 +84,7 @@ class OutputCache:
             )
         first = np.ascontiguousarray(records["key"][:, 0])
         order = np.argsort(first)
-        self._sorted = records, order, first[order], records["key"][:, 1][order]
-        return self._sorted
+        return records, order, first[order], records["key"][:, 1][order]
 
     def lookup(
         self, keys: np.ndarray, by_first: np.ndarray | None = None
@@ -120,4 +130,5 @@ class OutputCache:
             handle.write(records.tobytes())
             handle.flush()
             os.fsync(handle.fileno())
-        self._sorted = None
+        with self._lock:
+            self._sorted = None

@@ -216,6 +216,8 @@ class Client:
         self._secret = secret_file.read_bytes()
         self.audit = open_party_log(config.cache, config.client)
         self._node_keys: dict[str, bytes] = {}
+        self._caches: dict[tuple[str, str, int], OutputCache] = {}
+        self._lock = threading.Lock()  # over _channels and _caches
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -244,10 +246,40 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
-        if node not in self._channels:
-            address = self.config.node(node).address
-            self._channels[node] = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
-        return psi_pb2_grpc.DepartmentNodeStub(self._channels[node])
+        with self._lock:
+            if node not in self._channels:
+                address = self.config.node(node).address
+                channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
+                self._channels[node] = channel
+            return psi_pb2_grpc.DepartmentNodeStub(self._channels[node])
+
+    def _cache(self, node: str, dataset: str, epoch: int) -> OutputCache:
+        """The derived-output cache of (node, dataset, epoch), one object per client."""
+        with self._lock:
+            key = (node, dataset, epoch)
+            if key not in self._caches:
+                path = self.config.cache / node / dataset / f"e{epoch}" / "derived.bin"
+                self._caches[key] = OutputCache(path, self._secret, DERIVED_BYTES)
+            return self._caches[key]
+
+    def warm(self) -> threading.Thread:
+        """Start reading and sorting, in a thread, the caches of every dataset the nodes offer
+        now, so that a large query which follows (once its caller has read its identifiers)
+        starts at once. Failures are left to that query to report."""
+
+        def run() -> None:
+            try:
+                for node in self.config.nodes:
+                    for entry in self.catalogue(node).datasets:
+                        cache = self._cache(node, entry.dataset_id, entry.key_epoch)
+                        if cache.path.exists():
+                            cache.load()
+            except Exception:  # it only saves time; the query reports any failure
+                return
+
+        thread = threading.Thread(target=run, name="kinlink-warm", daemon=True)
+        thread.start()
+        return thread
 
     def _call(self, node: str, what: Callable[[], object]) -> object:
         """Run one idempotent call, retrying with exponential backoff while the node is
@@ -388,8 +420,7 @@ class Client:
                 f"no dataset {dataset!r} for this client; offered: {offered}; "
                 + request_hint(node, dataset, purpose),
             )
-        folder = self.config.cache / node / dataset / f"e{entry.key_epoch}"
-        cache = OutputCache(folder / "derived.bin", self._secret, DERIVED_BYTES)
+        cache = self._cache(node, dataset, entry.key_epoch)
         found, derived = cache.lookup(keys, by_first)
         timings = {"plan": time.perf_counter() - started}
         return _Plan(

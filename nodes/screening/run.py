@@ -401,13 +401,14 @@ def _screen(
     history = Path(history_dir) if history_dir else out.resolve().parent / "history"
     name = f"{as_of.isoformat()}_{run_at:%Y%m%dT%H%M%S%fZ}.json"
     previous = _previous(history, name)  # a bad history file fails before any query
-    roster = read_roster(roster_path, as_of)
-    ages = ages_of([c.child_id for c in roster.children], as_of)
-    young = [i for i, age in enumerate(ages) if age < rules.adult_age]
-    minors = [roster.children[i] for i in young]
-    ids, fathers, mothers = _parents(roster.fathers[young], roster.mothers[young])
-    known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
     with Client(load_federation(federation_file)) as client:
+        client.warm()  # its caches are read while the roster is
+        roster = read_roster(roster_path, as_of)
+        ages = ages_of([c.child_id for c in roster.children], as_of)
+        young = [i for i, age in enumerate(ages) if age < rules.adult_age]
+        minors = [roster.children[i] for i in young]
+        ids, fathers, mothers = _parents(roster.fathers[young], roster.mothers[young])
+        known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
         plan = _plan(client, rules)
         results = _ask(client, plan, ids, as_of)
         keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
