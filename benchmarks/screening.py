@@ -476,6 +476,7 @@ def run_screen(
         "node_evaluations": sum(r.evaluated for r in result.nodes),
         "unblinded": probe.finalized,
         "children": len(result.children),
+        "children_reused": result.reused,
         "counts": dict(result.counts()),
         "changes": {
             "new": len(result.changes.new),

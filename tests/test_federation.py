@@ -19,6 +19,7 @@ from nodes.config import load_federation
 from nodes.federation import CLIENT, LocalFederation
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS
+from psi.errors import InputError
 from psi.synth import expected_matches, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
@@ -362,3 +363,42 @@ def test_node_stays_responsive_during_a_large_query(federation):
             time.sleep(0.2)
     worker.join()
     assert len(latencies) >= 3 and max(latencies) < 2.0, latencies
+
+
+def test_labels_open_on_demand_and_fingerprints_mark_entries(city, federation):
+    """``found(rows)`` opens only the rows asked for, and agrees with ``matches``; an identifier
+    has a fingerprint exactly when the table holds an entry for it."""
+    ids = parents(city)
+    with Client(load_federation(federation.federation_file)) as client:
+        result = client.query("health", "health", ids, purpose="screening")
+    matched = {x for x, _ in result.matches}
+    rows = np.arange(0, len(ids), 2)
+    assert {ids[f.index] for f in result.found(rows)} == {ids[i] for i in rows} & matched
+    assert {ids[i] for i in np.flatnonzero(result.fingerprints)} == matched
+
+
+def test_warm_caches_then_query_and_a_corrupt_cache_is_reported_by_the_query(
+    city, federation, capsys
+):
+    """Warming reads every cache in the background; a bad one is left for the query to report,
+    with no traceback."""
+    ids = parents(city)
+    config = load_federation(federation.federation_file)
+    with Client(config) as client:
+        client.warm().join()
+        result = client.query("court", "court", ids, purpose="screening")
+    assert (
+        result.evaluated == 0
+        and {x for x, _ in result.matches} == expected_matches(city[0])["court"]
+    )
+    [cache] = config.cache.glob("court/court/e*/derived.bin")
+    good = cache.read_bytes()
+    try:
+        cache.write_bytes(b"not a cache" * 10)
+        with Client(config) as client:
+            client.warm().join()
+            with pytest.raises(InputError, match="not an output cache"):
+                client.query("court", "court", ids, purpose="screening")
+    finally:
+        cache.write_bytes(good)
+    assert "Traceback" not in capsys.readouterr().err
