@@ -71,12 +71,12 @@ def summary(result: ScreeningResult) -> str:
             + (f" ({why})" if why else "")
             + f", {len(changes.changed)} changed"
         )
+        lines.append(
+            f"classes reused from that run (inputs unchanged): {result.reused} of "
+            f"{len(result.children)} children; labels opened for the others' parents only"
+        )
     else:
         lines.append("no earlier run in the history to compare with")
-    lines.append(
-        f"classes reused from the previous run (inputs unchanged): {result.reused} of "
-        f"{len(result.children)} children; labels opened for the others' parents only"
-    )
     lines.append(f"results in {result.out_dir}; run kept as {result.history_file}")
     lines.append(f"screened in {result.seconds:.1f} s")
     return "\n".join(lines)
