@@ -28,34 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
 from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
 from nodes.client import Client
 from nodes.config import load_federation
 from nodes.federation import LocalFederation
-from protocols.limits import GRPC_OPTIONS
 
 DEPARTMENT = "prison"
 MINUTES = 60
-
-
-class CountingClient(Client):
-    """The civil-affairs client with ``WireCounter`` on its channels (``Client`` has no hook for
-    interceptors, so this replaces its private channel factory)."""
-
-    def __init__(self, config, counter: WireCounter):
-        super().__init__(config)
-        self.counter = counter
-
-    def _stub(self, node: str):
-        if node not in self._channels:
-            address = self.config.node(node).address
-            channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
-            self._channels[node] = grpc.intercept_channel(channel, self.counter)
-        return super()._stub(node)
 
 
 def loopback_bytes() -> int:
@@ -101,7 +82,7 @@ def query(fed: LocalFederation, roster: list[str], cache: Path) -> dict:
     config = dataclasses.replace(load_federation(fed.federation_file), cache=cache)
     counter = WireCounter()
     lo_before = loopback_bytes()
-    with CountingClient(config, counter) as client:
+    with Client(config, interceptors=(counter,)) as client:
         start = time.perf_counter()
         result = client.query(DEPARTMENT, DEPARTMENT, roster, purpose="screening")
         matches = result.matches  # labels are opened when asked for: part of the query

@@ -60,8 +60,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 import nodes.screening.run as screening_run
 from benchmarks.common import (
     GRPC_PREFIX,
@@ -77,7 +75,6 @@ from nodes.budgets import Limits
 from nodes.client import Client, QueryResult
 from nodes.federation import LocalFederation
 from nodes.state import NodeState
-from protocols.limits import GRPC_OPTIONS
 from psi.labels import REGISTER_COLUMNS
 from psi.oprf import cpu_count
 from psi.suites import DEFAULT_SUITE, get_suite
@@ -253,10 +250,10 @@ class Probe:
 
         class ProbedClient(Client):
             """The civil-affairs client with ``WireCounter`` on its channels and counters on its
-            OPRF batch calls (``Client`` has no hook for either)."""
+            OPRF batch calls."""
 
             def __init__(self, config, **kwargs):
-                super().__init__(config, **kwargs)
+                super().__init__(config, interceptors=(probe.wire,), **kwargs)
                 blind, finalize = self.oprf.blind_batch, self.oprf.finalize_inverted
 
                 def blind_batch(inputs, *args, **kw):
@@ -274,13 +271,6 @@ class Probe:
             def _plan(self, *args, **kw):
                 with probe.step("query_many.plan"):
                     return super()._plan(*args, **kw)
-
-            def _stub(self, node: str):
-                if node not in self._channels:
-                    address = self.config.node(node).address
-                    channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
-                    self._channels[node] = grpc.intercept_channel(channel, probe.wire)
-                return super()._stub(node)
 
             def query_many(self, requests, ids, **kw):
                 t = time.perf_counter()

@@ -34,12 +34,12 @@ import numpy as np
 from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
 from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.network_match import (
-    CountingClient,
     build,
     loopback_bytes,
     reset_peak_rss_mib,
     vm_hwm_mib,
 )
+from nodes.client import Client
 from nodes.config import STATISTICS_PURPOSE, StatisticsPolicy, load_federation
 from nodes.federation import LocalFederation
 from nodes.stats_client import StatsClient
@@ -90,7 +90,7 @@ def run(fed: LocalFederation, cache: Path, bits: int, **inputs) -> dict:
     config = dataclasses.replace(load_federation(fed.federation_file), cache=cache)
     counter = WireCounter()
     lo_before = loopback_bytes()
-    with CountingClient(config, counter) as client:
+    with Client(config, interceptors=(counter,)) as client:
         start = time.perf_counter()
         result = StatsClient(client, key_bits=bits).run(
             DEPARTMENT, DEPARTMENT, purpose=STATISTICS_PURPOSE, **inputs

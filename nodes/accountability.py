@@ -448,8 +448,8 @@ class AccountabilityClient:
         self.cases = DisputeCases.of(client.config)
 
     def _rpc(self, node: str, call: Callable[[psi_pb2_grpc.DepartmentNodeStub], T]) -> T:
-        stub = self.client._stub(node)
-        return self.client._call(node, lambda: call(stub))
+        stub = psi_pb2_grpc.DepartmentNodeStub(self.client.channel(node))
+        return self.client.call(node, lambda: call(stub))
 
     def request_access(
         self,
@@ -473,7 +473,7 @@ class AccountabilityClient:
             justification=check_text("justification", justification),
         )
         status = self._rpc(node, lambda s: s.RequestAccess(message, timeout=CALL_TIMEOUT))
-        self.client._record(
+        self.client.record(
             node,
             {
                 "event": "catalogue_request",
@@ -504,7 +504,7 @@ class AccountabilityClient:
         )
         dispute = self._rpc(node, lambda s: s.RaiseDispute(message, timeout=CALL_TIMEOUT))
         self.cases.record(node, [dispute])
-        self.client._record(
+        self.client.record(
             node,
             {
                 "event": "dispute_raised",

@@ -64,6 +64,12 @@ STREAM_CHUNK = 8192
 DERIVED_BYTES = TAG_BYTES + KEY_BYTES
 
 Progress = Callable[[int], None]
+Interceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
 
 
 class NodeError(KinlinkError):
@@ -201,8 +207,12 @@ class Client:
         oprf: Oprf | None = None,
         retries: int = 4,
         backoff: float = 0.5,
+        interceptors: Sequence[Interceptor] = (),
     ):
+        """``interceptors`` go on every channel (the benchmarks count bytes with one, tests
+        record the wire)."""
         self.config = config
+        self._interceptors = tuple(interceptors)
         self.oprf = oprf or Oprf()
         self.retries, self.backoff = retries, backoff
         self._credentials = channel_credentials(config.tls)
@@ -224,7 +234,7 @@ class Client:
             channel.close()
         self.audit.close()
 
-    def _record(self, node: str, event: dict) -> None:
+    def record(self, node: str, event: dict) -> None:
         """Append to the client's own audit log; a node's free text that the log refuses (it
         looks like an identifier) is dropped, never the event."""
         event = {**{k: v for k, v in event.items() if v != ""}, "peer": {"cn": node}}
@@ -245,13 +255,20 @@ class Client:
         return cache_keys(self._secret, ids)
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
+    def channel(self, node: str) -> grpc.Channel:
+        """The node's channel (mutual TLS, the wire's message limits, the interceptors), opened
+        once: the statistics and accountability clients make their stubs on it."""
         with self._lock:
             if node not in self._channels:
                 address = self.config.node(node).address
                 channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
+                if self._interceptors:
+                    channel = grpc.intercept_channel(channel, *self._interceptors)
                 self._channels[node] = channel
-            return psi_pb2_grpc.DepartmentNodeStub(self._channels[node])
+            return self._channels[node]
+
+    def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
+        return psi_pb2_grpc.DepartmentNodeStub(self.channel(node))
 
     def _cache(self, node: str, dataset: str, epoch: int) -> OutputCache:
         """The derived-output cache of (node, dataset, epoch), one object per client."""
@@ -281,7 +298,7 @@ class Client:
         thread.start()
         return thread
 
-    def _call(self, node: str, what: Callable[[], object]) -> object:
+    def call(self, node: str, what: Callable[[], object]) -> object:
         """Run one idempotent call, retrying with exponential backoff while the node is
         unreachable; any other failure is final."""
         for attempt in range(self.retries + 1):
@@ -299,7 +316,7 @@ class Client:
         """The node's catalogue; its audit key is pinned on first sight (trust on first use,
         or pre-seeded by placing the node's key in ``<cache>/node-keys/<node>.pem``)."""
         stub = self._stub(node)
-        catalogue = self._call(
+        catalogue = self.call(
             node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=CALL_TIMEOUT)
         )
         self._pin(node, catalogue.audit_public_key)
@@ -494,7 +511,7 @@ class Client:
             "key_epoch": plan.epoch,
         }
         try:
-            session = self._call(
+            session = self.call(
                 node,
                 lambda: stub.OpenSession(
                     psi_pb2.OpenSessionRequest(
@@ -510,7 +527,7 @@ class Client:
                 ),
             )
         except NodeError as exc:
-            self._record(
+            self.record(
                 node,
                 {
                     **asked,
@@ -557,7 +574,7 @@ class Client:
         except WireError as exc:
             raise NodeError(node, None, f"the answer broke the wire contract: {exc}") from None
         plan.timings["finalize"] = finalizing
-        receipt = self._call(
+        receipt = self.call(
             node,
             lambda: stub.CloseSession(
                 psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
@@ -567,7 +584,7 @@ class Client:
             verify_receipt(receipt, self._node_keys[node])
         except ReceiptError as exc:
             raise NodeError(node, None, str(exc)) from None
-        self._record(
+        self.record(
             node,
             {
                 "event": "receipt_received",
@@ -610,8 +627,8 @@ class Client:
                 raise NodeError(node, None, "table payload does not match its SHA-256")
             return header, bytes(payload)
 
-        header, payload = self._call(node, fetch)
-        self._record(
+        header, payload = self.call(node, fetch)
+        self.record(
             node,
             {
                 "event": "table_fetched",

@@ -82,8 +82,7 @@ class StatsClient:
         self.client, self.key_bits, self.workers = client, key_bits, workers
 
     def _stub(self, node: str) -> stats_pb2_grpc.StatisticsStub:
-        self.client._stub(node)  # opens (or reuses) the node's channel, with its interceptors
-        return stats_pb2_grpc.StatisticsStub(self.client._channels[node])
+        return stats_pb2_grpc.StatisticsStub(self.client.channel(node))
 
     def run(
         self,
@@ -231,11 +230,11 @@ class StatsClient:
             "declared": request.element_count,
         }
         try:
-            session = self.client._call(
+            session = self.client.call(
                 node, lambda: stub.OpenStatistics(request, timeout=CALL_TIMEOUT)
             )
         except NodeError as exc:
-            self.client._record(
+            self.client.record(
                 node,
                 {
                     **asked,
@@ -245,7 +244,7 @@ class StatsClient:
                 },
             )
             raise
-        self.client._record(
+        self.client.record(
             node,
             {
                 **asked,

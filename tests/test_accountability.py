@@ -21,7 +21,7 @@ from nodes.client import Client, NodeError
 from nodes.config import load_federation, load_node_config
 from nodes.federation import CLIENT, LocalFederation
 from nodes.state import NodeState
-from protocols.kinlink.v1 import psi_pb2
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from psi.keys import PASSPHRASE_VAR
 from psi.labels import record_handle
 from psi.synth import generate_city, write_city
@@ -85,7 +85,7 @@ def refused(call) -> NodeError:
 
 
 def open_session(client: Client, purpose: str) -> None:
-    stub = client._stub(NODE)
+    stub = psi_pb2_grpc.DepartmentNodeStub(client.channel(NODE))
     request = psi_pb2.OpenSessionRequest(
         dataset_id=NODE,
         purpose_code=purpose,
@@ -93,16 +93,16 @@ def open_session(client: Client, purpose: str) -> None:
         suite=client.oprf.suite.name,
         protocol_version=1,
     )
-    client._call(NODE, lambda: stub.OpenSession(request, timeout=10))
+    client.call(NODE, lambda: stub.OpenSession(request, timeout=10))
 
 
 def raw_dispute(client: Client, handle: bytes, reason: str) -> None:
     """RaiseDispute without the client library's own checks, to see the node's."""
-    stub = client._stub(NODE)
+    stub = psi_pb2_grpc.DepartmentNodeStub(client.channel(NODE))
     request = psi_pb2.DisputeRequest(
         dataset_id=NODE, record_handle=handle, reason=reason, evidence_ref="case 1"
     )
-    client._call(NODE, lambda: stub.RaiseDispute(request, timeout=10))
+    client.call(NODE, lambda: stub.RaiseDispute(request, timeout=10))
 
 
 def test_a_request_outside_the_catalogue_is_filed_approved_and_served(world, psi):

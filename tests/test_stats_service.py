@@ -127,19 +127,6 @@ class Recorder(
         return outcome
 
 
-class RecordingClient(Client):
-    def __init__(self, config, recorder):
-        super().__init__(config)
-        self.recorder = recorder
-
-    def _stub(self, node):
-        if node not in self._channels:
-            address = self.config.node(node).address
-            channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
-            self._channels[node] = grpc.intercept_channel(channel, self.recorder)
-        return super()._stub(node)
-
-
 @pytest.fixture
 def scalars(monkeypatch):
     """The client's secret blinding scalars, kept by the test to recompute a·H(x)."""
@@ -156,7 +143,7 @@ def scalars(monkeypatch):
 
 def run(federation, recorder=None, node="prison", **kwargs):
     config = load_federation(federation.federation_file)
-    client = RecordingClient(config, recorder) if recorder else Client(config)
+    client = Client(config, interceptors=(recorder,) if recorder else ())
     with client:
         return StatsClient(client, key_bits=1024).run(
             node, node, kwargs.pop("ids"), purpose="statistics", **kwargs
