@@ -362,6 +362,11 @@ def _no_cycle_collection() -> Iterator[None]:
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:  # a caller's own frozen objects stay frozen
+            # What the run made and kept is long-lived: move it to the oldest generation, as
+            # the first collection would after walking millions of objects to find no cycle.
+            gc.freeze()
+            gc.unfreeze()
         if was:
             gc.enable()
 
@@ -410,8 +415,10 @@ def _screen(
         ids, fathers, mothers = _parents(roster.fathers[young], roster.mothers[young])
         known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
         plan = _plan(client, rules)
-        results = _ask(client, plan, ids, as_of)
-        keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
+        with ThreadPoolExecutor(max_workers=1) as pool:  # keying the children while nodes work
+            asking = pool.submit(_ask, client, plan, ids, as_of)
+            keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
+            results = asking.result()
         memo_file = memo_path(client.config.cache, history)
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
     reuse = _Reuse(rules, as_of, minors, young, known, fathers, mothers, results, keys)
