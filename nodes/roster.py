@@ -111,6 +111,20 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
     return Roster(path, children, tuple(rejects), fathers.ids[rows], mothers.ids[rows])
 
 
+def parents_of(
+    fathers: np.ndarray, mothers: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct valid identifiers among ``fathers`` and ``mothers`` ('S18', b"": unknown,
+    as ``Roster`` holds them), sorted, and each child's father and mother as rows of that list
+    (-1: unknown), by one sort of ``psi.ids.id_numbers``."""
+    cells = np.stack([fathers, mothers], axis=1).reshape(-1)
+    distinct, first, inverse = np.unique(id_numbers(cells), return_index=True, return_inverse=True)
+    if len(distinct) and distinct[0] == 0:
+        first, inverse = first[1:], inverse - 1
+    pairs = inverse.reshape(-1, 2).astype(np.intp)
+    return [v.decode("ascii") for v in cells[first].tolist()], pairs[:, 0], pairs[:, 1]
+
+
 def parent_ids(roster: Roster) -> list[str]:
     """The distinct valid parent identifiers of a roster, sorted: what a plain query sends."""
-    return sorted({p for c in roster.children for p in (c.father, c.mother) if isinstance(p, str)})
+    return parents_of(roster.fathers, roster.mothers)[0]

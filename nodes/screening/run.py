@@ -27,7 +27,7 @@ import numpy as np
 
 from nodes.client import Client, NodeError, QueryResult
 from nodes.config import load_federation
-from nodes.roster import RosterChild, Unknown, read_roster
+from nodes.roster import RosterChild, Unknown, parents_of, read_roster
 from nodes.screening import memo
 from nodes.screening.classify import (
     CANDIDATES,
@@ -48,7 +48,7 @@ from nodes.screening.rules import Rules, load_rules
 from protocols.kinlink.v1 import psi_pb2
 from psi.dates import add_months
 from psi.errors import InputError, KinlinkError, Source
-from psi.ids import Reject, birth_date, id_numbers
+from psi.ids import Reject, birth_date
 
 PURPOSE = "screening"
 ABSENT = "absent"  # a child not in the other run's roster
@@ -177,18 +177,6 @@ def _node_runs(
         )
         for (node, dataset, held), result in zip(plan, results, strict=True)
     ]
-
-
-def _parents(fathers: np.ndarray, mothers: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The distinct valid identifiers among ``fathers`` and ``mothers`` ('S18', b"": unknown),
-    sorted, and each child's father and mother as rows of that list (-1: unknown), by one sort
-    of ``psi.ids.id_numbers``."""
-    cells = np.stack([fathers, mothers], axis=1).reshape(-1)
-    distinct, first, inverse = np.unique(id_numbers(cells), return_index=True, return_inverse=True)
-    if len(distinct) and distinct[0] == 0:
-        first, inverse = first[1:], inverse - 1
-    pairs = inverse.reshape(-1, 2).astype(np.intp)
-    return [v.decode("ascii") for v in cells[first].tolist()], pairs[:, 0], pairs[:, 1]
 
 
 # ---- changes since the previous run ------------------------------------------------------------
@@ -412,7 +400,7 @@ def _screen(
         ages = ages_of([c.child_id for c in roster.children], as_of)
         young = [i for i, age in enumerate(ages) if age < rules.adult_age]
         minors = [roster.children[i] for i in young]
-        ids, fathers, mothers = _parents(roster.fathers[young], roster.mothers[young])
+        ids, fathers, mothers = parents_of(roster.fathers[young], roster.mothers[young])
         known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
         plan = _plan(client, rules)
         with ThreadPoolExecutor(max_workers=1) as pool:  # keying the children while nodes work
