@@ -2,9 +2,10 @@
 identifier twice: a department's OPRF outputs of its register (resumable builds), a client's table
 tag and label key derived from each output it finalized (reruns).
 
-Rows are keyed by a keyed BLAKE2b of the identifier under a secret of the cache's owner (a
-department's handle key, a client's local secret): the file alone names nobody, and cannot be
-tested against candidate identifiers without that secret.
+Rows are keyed by a pseudorandom function of the identifier under a secret of the cache's owner
+(a department's handle key, a client's local secret): the file alone names nobody, and cannot be
+tested against candidate identifiers without that secret. A file of an older format is started
+afresh: it only ever saves work.
 
 The file is append-only: a header, then fixed-size records (key, row). ``put`` appends and fsyncs,
 so an interrupted build or query keeps everything it finished, and costs only what it adds; a torn
@@ -22,24 +23,55 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from psi.errors import InputError, Source
 
-MAGIC = b"KLOC\x00\x02"  # kinlink output cache, format 2
+FAMILY = b"KLOC"  # kinlink output cache
+MAGIC = FAMILY + b"\x00\x03"  # format 3: keys by cache_keys' AES CBC-MAC (2: keyed BLAKE2b)
 KEY_BYTES = 16
-_PERSON = b"kinlink-out-v1"  # BLAKE2b personalisation: keys of this cache and nothing else
+MAX_IDENTIFIER = 31  # bytes: the identifier and its length fill two AES blocks
+_PERSON = b"kinlink-out-v2"  # BLAKE2b personalisation of the AES key: this cache's and no other
 
 
-def cache_keys(secret: bytes, identifiers: Sequence[str]) -> np.ndarray:
-    """The cache keys (n, 2) uint64 of canonical identifiers under ``secret``."""
-    keyed = hashlib.blake2b(key=secret, digest_size=KEY_BYTES, person=_PERSON)
+def cache_keys(secret: bytes, identifiers: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The cache keys (n, 2) uint64 of identifiers (ASCII text of at most 31 characters, as
+    canonical identifiers are, or a numpy 'S' array of them) under ``secret``.
 
-    def key(identifier: str, fresh=keyed.copy) -> bytes:  # copying skips the key's block
-        h = fresh()
-        h.update(identifier.encode())
-        return h.digest()
+    A key is the AES-256 CBC-MAC of exactly two blocks, the identifier zero-padded to 31 bytes
+    and then its length, under a key derived from ``secret``. CBC-MAC over messages of one fixed
+    length is a pseudorandom function when AES is a pseudorandom permutation (Bellare, Kilian
+    and Rogaway, 1994), and the padding is one-to-one on text without NUL. Each block position
+    of a whole batch is one call into OpenSSL: two million identifiers take about 0.1 s, where
+    keyed BLAKE2b, one Python call per identifier, took 1.5 s of a rerun's critical path."""
+    text = _ascii(identifiers)
+    n, width = len(text), text.dtype.itemsize
+    if width > MAX_IDENTIFIER:
+        raise ValueError(f"identifiers of more than {MAX_IDENTIFIER} bytes cannot be keyed")
+    blocks = np.zeros((n, 32), np.uint8)
+    blocks[:, :width] = text.view(np.uint8).reshape(n, width)
+    blocks[:, 31] = np.char.str_len(text)
+    key = hashlib.blake2b(key=secret, digest_size=32, person=_PERSON).digest()
+    aes = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    first = np.frombuffer(aes.update(blocks[:, :16].tobytes()), np.uint8).reshape(n, 16)
+    tags = aes.update((first ^ blocks[:, 16:]).tobytes()) + aes.finalize()
+    return np.frombuffer(tags, dtype="<u8").reshape(-1, 2)
 
-    return np.frombuffer(b"".join(map(key, identifiers)), dtype="<u8").reshape(-1, 2)
+
+def _ascii(identifiers: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Identifiers as a numpy 'S' array; text of one length (the usual case) by one join."""
+    if isinstance(identifiers, np.ndarray):
+        if identifiers.dtype.kind != "S":
+            raise ValueError("identifiers given as an array must be bytes ('S')")
+        return identifiers
+    n = len(identifiers)
+    width = len(identifiers[0]) if n else 1
+    joined = "".join(identifiers)
+    if not joined.isascii():
+        raise ValueError("identifiers to key must be ASCII text")
+    if all(len(i) == width for i in identifiers):
+        return np.frombuffer(joined.encode("ascii"), f"S{width}") if n else np.empty(0, "S1")
+    return np.array(identifiers, dtype="S")
 
 
 class OutputCache:
@@ -71,7 +103,7 @@ class OutputCache:
     def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         records = np.empty(0, self._dtype)
         data = self.path.read_bytes() if self.path.exists() else b""
-        if len(data) > len(self._header):
+        if len(data) > len(self._header) and not self._stale(data):
             if not data.startswith(self._header):
                 raise InputError(
                     f"not an output cache of {self.width}-byte outputs; delete it to start "
@@ -85,6 +117,11 @@ class OutputCache:
         first = np.ascontiguousarray(records["key"][:, 0])
         order = np.argsort(first)
         return records, order, first[order], records["key"][:, 1][order]
+
+    @staticmethod
+    def _stale(data: bytes) -> bool:
+        """Whether ``data`` starts an output cache of an older format: its keys mean nothing."""
+        return data.startswith(FAMILY) and data[: len(MAGIC)] < MAGIC
 
     def lookup(
         self, keys: np.ndarray, by_first: np.ndarray | None = None
@@ -121,8 +158,10 @@ class OutputCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         size = self.path.stat().st_size if self.path.exists() else 0
         whole = size - (size - len(self._header)) % self._dtype.itemsize
-        with open(self.path, "ab") as handle:
-            if size <= len(self._header):  # new, or torn inside the header
+        with open(self.path, "a+b") as handle:
+            handle.seek(0)
+            if size <= len(self._header) or self._stale(handle.read(len(MAGIC))):
+                # new, torn inside the header, or of an older format
                 handle.truncate(0)
                 handle.write(self._header)
             elif whole != size:  # a torn last record: drop it, keep alignment

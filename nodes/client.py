@@ -249,9 +249,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def identifier_keys(self, ids: Sequence[str]) -> np.ndarray:
-        """Keyed digests, (n, 2) uint64, of canonical identifiers under this client's cache
-        secret: how the cache names people without naming them."""
+    def identifier_keys(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Keyed digests, (n, 2) uint64, of canonical identifiers (text or an 'S18' array)
+        under this client's cache secret: how the cache names people without naming them."""
         return cache_keys(self._secret, ids)
 
     # -- plumbing -------------------------------------------------------------------------------

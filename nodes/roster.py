@@ -40,13 +40,14 @@ class RosterChild(NamedTuple):
 
 @dataclass(frozen=True)
 class Roster:
-    """The usable rows of a roster file and every bad cell, masked. ``fathers`` and ``mothers``
-    hold the children's parents' canonical identifiers as bytes ('S18', b"" where unknown), for
-    work done on arrays."""
+    """The usable rows of a roster file and every bad cell, masked. ``child_ids``, ``fathers``
+    and ``mothers`` hold the children's and their parents' canonical identifiers as bytes
+    ('S18', b"" where unknown), for work done on arrays."""
 
     path: Path
     children: tuple[RosterChild, ...]
     rejects: tuple[Reject, ...]
+    child_ids: np.ndarray
     fathers: np.ndarray
     mothers: np.ndarray
 
@@ -97,10 +98,11 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
             )
         return found
 
+    child_ids = kids.ids[rows]
     children = tuple(
         map(
             RosterChild,
-            [v.decode("ascii") for v in kids.ids[rows].tolist()],
+            [v.decode("ascii") for v in child_ids.tolist()],
             [regions[row] for row in rows.tolist()],
             parents(fathers),
             parents(mothers),
@@ -108,7 +110,7 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
     )
     order = (CHILD_COLUMN, *PARENT_COLUMNS)
     rejects.sort(key=lambda r: (r.line, order.index(r.column)))
-    return Roster(path, children, tuple(rejects), fathers.ids[rows], mothers.ids[rows])
+    return Roster(path, children, tuple(rejects), child_ids, fathers.ids[rows], mothers.ids[rows])
 
 
 def parents_of(

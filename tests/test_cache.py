@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from nodes.cache import MAGIC, OutputCache, cache_keys
+from nodes.cache import FAMILY, MAGIC, OutputCache, cache_keys
 from psi.errors import InputError
 
 
@@ -93,3 +95,40 @@ def test_keys_sharing_their_first_word_are_told_apart(tmp_path):
     expected = rows(5, 1)
     for i, j in ((0, 2), (1, 1), (2, 0), (4, 3)):
         assert np.array_equal(outputs[i], expected[j])
+
+
+def test_keys_are_the_cbc_mac_of_the_padded_identifier():
+    """Checked against OpenSSL's own CBC mode (zero IV: its last block is the CBC-MAC), one
+    identifier at a time, for text, arrays and mixed lengths."""
+    secret = os.urandom(32)
+    aes_key = hashlib.blake2b(key=secret, digest_size=32, person=b"kinlink-out-v2").digest()
+
+    def reference(identifier: str) -> bytes:
+        raw = identifier.encode()
+        message = raw + bytes(31 - len(raw)) + bytes([len(raw)])
+        cbc = Cipher(algorithms.AES(aes_key), modes.CBC(bytes(16))).encryptor()
+        return (cbc.update(message) + cbc.finalize())[16:]
+
+    mixed = [*ids(3), "a", "", "x" * 31, "150102198001010000"[:15]]
+    for batch in (ids(20), mixed):
+        keys = cache_keys(secret, batch)
+        assert [k.tobytes() for k in keys] == [reference(i) for i in batch]
+    same = ids(20)
+    assert np.array_equal(cache_keys(secret, np.array(same, "S18")), cache_keys(secret, same))
+    assert cache_keys(secret, []).shape == (0, 2)
+
+
+@pytest.mark.parametrize("bad", [["x" * 32], ["15010219800101000\uff18"], np.array([1, 2])])
+def test_keys_refuse_what_they_cannot_key_one_to_one(bad):
+    with pytest.raises(ValueError):
+        cache_keys(b"k" * 32, bad)
+
+
+def test_a_cache_of_an_older_format_starts_afresh(tmp_path):
+    path = tmp_path / "o.bin"
+    path.write_bytes(FAMILY + b"\x00\x02" + (64).to_bytes(2, "big") + bytes(80 * 5))
+    cache = OutputCache(path, os.urandom(32))
+    assert not cache.lookup(cache.keys(ids(2)))[0].any()
+    cache.put(cache.keys(ids(2)), rows(2, 1))
+    assert path.read_bytes().startswith(MAGIC) and path.stat().st_size == 8 + 2 * 80
+    assert OutputCache(path, cache.secret).lookup(cache.keys(ids(2)))[0].all()

@@ -111,9 +111,9 @@ def age_of(child_id: str, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
-def ages_of(child_ids: Sequence[str], on: date) -> list[int]:
-    """``age_of`` of many canonical identifiers at once (a roster's million in a tenth of a
-    second)."""
+def ages_of(child_ids: Sequence[str] | np.ndarray, on: date) -> list[int]:
+    """``age_of`` of many canonical identifiers (text, or an 'S18' array) at once (a roster's
+    million in a tenth of a second)."""
     digits = np.array(child_ids, "S18").view(np.uint8).reshape(-1, 18).astype(np.int32) - ord("0")
     year = digits[:, 6] * 1000 + digits[:, 7] * 100 + digits[:, 8] * 10 + digits[:, 9]
     month, day = digits[:, 10] * 10 + digits[:, 11], digits[:, 12] * 10 + digits[:, 13]

@@ -33,7 +33,7 @@ import numpy as np
 from nodes.screening.classify import CLASSES, NONE, NOT_ASKED, UNKNOWN
 from nodes.screening.rules import Rules
 
-FORMAT = 1
+FORMAT = 2  # 2: children keyed by the cache's CBC-MAC keys
 _ARRAYS = ("keys", "digests", "until", "classes", "fathers", "mothers")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
 

@@ -397,16 +397,14 @@ def _screen(
     with Client(load_federation(federation_file)) as client:
         client.warm()  # its caches are read while the roster is
         roster = read_roster(roster_path, as_of)
-        ages = ages_of([c.child_id for c in roster.children], as_of)
+        ages = ages_of(roster.child_ids, as_of)
         young = [i for i, age in enumerate(ages) if age < rules.adult_age]
         minors = [roster.children[i] for i in young]
         ids, fathers, mothers = parents_of(roster.fathers[young], roster.mothers[young])
         known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
         plan = _plan(client, rules)
-        with ThreadPoolExecutor(max_workers=1) as pool:  # keying the children while nodes work
-            asking = pool.submit(_ask, client, plan, ids, as_of)
-            keys = client.identifier_keys([minors[i].child_id for i in known.tolist()])[:, 0]
-            results = asking.result()
+        results = _ask(client, plan, ids, as_of)
+        keys = client.identifier_keys(roster.child_ids[young][known])[:, 0]
         memo_file = memo_path(client.config.cache, history)
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
     reuse = _Reuse(rules, as_of, minors, young, known, fathers, mothers, results, keys)
