@@ -223,13 +223,8 @@ def classify(
     at: the age alone decides, and the run does not ask about them. ``age``: ``age_of`` the
     child, when the caller has it already."""
     age = age_of(child_id, as_of) if age is None else age
-    if age >= rules.adult_age:
-        father_finding = ParentFinding("father", NOT_ASKED, NONE)
-        mother_finding = ParentFinding("mother", NOT_ASKED, NONE)
-        reasons = (f"aged {age} on {as_of}: {rules.adult_age} or more",)
-        return Classification(child_id, NOT_ELIGIBLE, age, father_finding, mother_finding, reasons)
-    if not father and not mother:  # most children: both parents known, neither on a register
-        return Classification(child_id, NOT_ELIGIBLE, age, *_NO_RECORD.values(), _NO_RECORDS)
+    if age >= rules.adult_age or (not father and not mother):
+        return classify_unrecorded([child_id], [age], as_of, rules)[0]
     father_finding = find_parent("father", father, as_of, rules)
     mother_finding = find_parent("mother", mother, as_of, rules)
     return Classification(
@@ -241,6 +236,25 @@ def classify(
         father_finding.reasons + mother_finding.reasons,
         father_finding.evidence + mother_finding.evidence,
     )
+
+
+def classify_unrecorded(
+    child_ids: Sequence[str], ages: Sequence[int], as_of: date, rules: Rules
+) -> list[Classification]:
+    """``classify`` of children who are adults (their parents are not looked at) or whose
+    parents are both known and on no register: most of a roster, made in bulk. The caller
+    vouches for the parents; ``classify`` sends its own such children here."""
+    adult = rules.adult_age
+    aged = {age: (f"aged {age} on {as_of}: {adult} or more",) for age in set(ages) if age >= adult}
+    return [
+        Classification(child, NOT_ELIGIBLE, age, *_NOT_ASKED, aged[age])
+        if age >= adult
+        else Classification(child, NOT_ELIGIBLE, age, *_NO_RECORD.values(), _NO_RECORDS)
+        for child, age in zip(child_ids, ages, strict=True)
+    ]
+
+
+_NOT_ASKED = (ParentFinding("father", NOT_ASKED, NONE), ParentFinding("mother", NOT_ASKED, NONE))
 
 
 def stable_until(

@@ -39,6 +39,7 @@ from nodes.screening.classify import (
     Match,
     ages_of,
     classify,
+    classify_unrecorded,
     recalled,
     stable_until,
 )
@@ -420,6 +421,12 @@ def _screen(
     verdicts: list[Classification | None] = [None] * len(roster.children)
     for row, verdict in reuse.recalled.items():
         verdicts[row] = verdict
+    plain = np.flatnonzero(np.asarray(ages) >= rules.adult_age).tolist() + reuse.unrecorded()
+    made = classify_unrecorded(
+        [roster.children[row].child_id for row in plain], [ages[row] for row in plain], as_of, rules
+    )
+    for row, verdict in zip(plain, made, strict=True):
+        verdicts[row] = verdict
     for row in [row for row, verdict in enumerate(verdicts) if verdict is None]:
         c = roster.children[row]
         verdicts[row] = classify(
@@ -499,7 +506,7 @@ class _Reuse:
         self, previous: memo.Memo | None, document: Mapping[str, Any], ages: Sequence[int]
     ) -> None:
         """Reuse the class of every child the memo still holds good for. Children whose parents
-        no node holds anything of go through ``classify``'s fast path (as cheap, the same
+        no node holds anything of are left to ``classify_unrecorded`` (cheaper still, the same
         answer); the others are recalled without opening a label, a candidate's reasons and
         evidence from the row of the history document the memo belongs to. ``ages``: every
         roster child's."""
@@ -541,6 +548,11 @@ class _Reuse:
             self.recalled[self.rows[i]] = Classification(
                 child, klass, ages[self.rows[i]], father, mother, reasons, evidence
             )
+
+    def unrecorded(self) -> list[int]:
+        """Roster rows of the known minors whose parents no node holds anything of."""
+        none = ~self.records[self.fathers] & ~self.records[self.mothers]
+        return np.asarray(self.rows, np.intp)[none].tolist()
 
     def to_open(self) -> np.ndarray:
         """Rows of the identifiers whose labels must be opened: the parents, with entries, of
