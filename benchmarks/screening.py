@@ -435,7 +435,8 @@ def run_screen(
             "bytes_received_reported": answer.bytes_received,
             "phases_seconds": dict(answer.timings),
         }
-    plans = sum(a.timings.get("plan", 0.0) for a in probe.results.values())
+    # The nodes' plans (cache lookups) run at once, in threads: the slowest is what they cost.
+    plans = max((a.timings.get("plan", 0.0) for a in probe.results.values()), default=0.0)
     sent, received = sum(probe.wire.sent.values()), sum(probe.wire.received.values())
     cpu_by_step = {
         side: {name.lstrip("_"): probe.cpu[side][name] for name in STEPS}
@@ -456,7 +457,7 @@ def run_screen(
         "ask_breakdown_seconds": {
             "catalogues_and_plan": steps["plan"],
             "query_many": probe.query_many_seconds,
-            "  client_plan_sequential": plans,
+            "  client_plans_at_once": plans,
             "  pipeline_blind_evaluate_finalize": probe.query_many_seconds - plans,
             "collect_matches": steps["ask"] - probe.query_many_seconds,
         },

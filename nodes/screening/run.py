@@ -27,7 +27,7 @@ import numpy as np
 
 from nodes.client import Client, NodeError, QueryResult
 from nodes.config import load_federation
-from nodes.roster import RosterChild, Unknown, parents_of, read_roster
+from nodes.roster import Roster, Unknown, parents_of, read_roster
 from nodes.screening import memo
 from nodes.screening.classify import (
     CANDIDATES,
@@ -399,39 +399,19 @@ def _screen(
         client.warm()  # its caches are read while the roster is
         roster = read_roster(roster_path, as_of)
         ages = ages_of(roster.child_ids, as_of)
-        young = [i for i, age in enumerate(ages) if age < rules.adult_age]
-        minors = [roster.children[i] for i in young]
-        ids, fathers, mothers = parents_of(roster.fathers[young], roster.mothers[young])
-        known = np.flatnonzero((fathers >= 0) & (mothers >= 0))
+        minors = _minors(roster, ages, rules.adult_age)
         plan = _plan(client, rules)
-        results = _ask(client, plan, ids, as_of)
-        keys = client.identifier_keys(roster.child_ids[young][known])[:, 0]
+        results = _ask(client, plan, minors.ids, as_of)
+        keys = client.identifier_keys(roster.child_ids[minors.rows])[:, 0]
         memo_file = memo_path(client.config.cache, history)
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
-    reuse = _Reuse(rules, as_of, minors, young, known, fathers, mothers, results, keys)
+    reuse = _Reuse(rules, as_of, roster, minors, results, keys)
     if previous is not None and not retain_ineligible:
         context = memo.context(rules, datasets, Path(previous["file"]).name)
         reuse.recall(memo.load(memo_file, context), previous, ages)
     found = _records(plan, results, reuse.to_open())
     held = {s for _, _, statuses in plan for s in statuses}
-
-    def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
-        return value if isinstance(value, Unknown) else found.get(value, ())
-
-    verdicts: list[Classification | None] = [None] * len(roster.children)
-    for row, verdict in reuse.recalled.items():
-        verdicts[row] = verdict
-    plain = np.flatnonzero(np.asarray(ages) >= rules.adult_age).tolist() + reuse.unrecorded()
-    made = classify_unrecorded(
-        [roster.children[row].child_id for row in plain], [ages[row] for row in plain], as_of, rules
-    )
-    for row, verdict in zip(plain, made, strict=True):
-        verdicts[row] = verdict
-    for row in [row for row, verdict in enumerate(verdicts) if verdict is None]:
-        c = roster.children[row]
-        verdicts[row] = classify(
-            c.child_id, as_of, parent(c.father), parent(c.mother), rules, ages[row]
-        )
+    verdicts = _verdicts(roster, ages, reuse, found, as_of, rules)
     regions = map(attrgetter("region_code"), roster.children)
     children = tuple(map(Screened, regions, verdicts))
     result = ScreeningResult(
@@ -467,6 +447,51 @@ def _screen(
     return result
 
 
+class _Minors(NamedTuple):
+    """The roster's children under the adult age, and their parents as the run asks about them."""
+
+    rows: np.ndarray  # the minors' roster rows
+    ids: list[str]  # their parents' distinct valid identifiers: what the nodes are asked about
+    fathers: np.ndarray  # each minor's father as a row of ``ids`` (-1: unknown)
+    mothers: np.ndarray
+
+
+def _minors(roster: Roster, ages: Sequence[int], adult_age: int) -> _Minors:
+    rows = np.flatnonzero(np.asarray(ages) < adult_age)
+    return _Minors(rows, *parents_of(roster.fathers[rows], roster.mothers[rows]))
+
+
+def _verdicts(
+    roster: Roster,
+    ages: Sequence[int],
+    reuse: _Reuse,
+    found: Mapping[str, Sequence[Match]],
+    as_of: date,
+    rules: Rules,
+) -> list[Classification]:
+    """Every roster child's class: recalled from the memo, made in bulk for adults and for
+    children whose parents are on no register, and ``classify``'d from ``found`` for the rest."""
+    verdicts: list[Classification | None] = [None] * len(roster.children)
+    for row, verdict in reuse.recalled.items():
+        verdicts[row] = verdict
+    plain = np.flatnonzero(np.asarray(ages) >= rules.adult_age).tolist() + reuse.unrecorded()
+    made = classify_unrecorded(
+        [roster.children[row].child_id for row in plain], [ages[row] for row in plain], as_of, rules
+    )
+    for row, verdict in zip(plain, made, strict=True):
+        verdicts[row] = verdict
+
+    def parent(value: str | Unknown) -> Sequence[Match] | Unknown:
+        return value if isinstance(value, Unknown) else found.get(value, ())
+
+    for row in [row for row, verdict in enumerate(verdicts) if verdict is None]:
+        c = roster.children[row]
+        verdicts[row] = classify(
+            c.child_id, as_of, parent(c.father), parent(c.mother), rules, ages[row]
+        )
+    return verdicts  # type: ignore[return-value]  # every row is set
+
+
 class _Reuse:
     """Which children the previous run's memo lets this run reuse (nodes.screening.memo), and
     the memo this run leaves for the next."""
@@ -475,21 +500,18 @@ class _Reuse:
         self,
         rules: Rules,
         as_of: date,
-        minors: Sequence[RosterChild],
-        young: Sequence[int],
-        known: np.ndarray,
-        fathers: np.ndarray,
-        mothers: np.ndarray,
+        roster: Roster,
+        minors: _Minors,
         results: Sequence[QueryResult],
         keys: np.ndarray,
     ):
-        """``young``: the minors' rows in the roster; ``known``: the minors with both parents'
-        identifiers valid; ``fathers`` and
-        ``mothers``: each minor's parents as rows of the identifiers asked about (-1: none);
-        ``keys``: the known minors' identifier keys."""
-        self.rules, self.as_of, self.keys = rules, as_of, keys
-        self.known = [minors[i] for i in known.tolist()]
-        self.rows = np.asarray(young, np.intp)[known].tolist()  # the known minors' roster rows
+        """``keys``: the minors' identifier keys (first words). The memo holds the minors with
+        both parents' identifiers valid."""
+        fathers, mothers = minors.fathers, minors.mothers
+        known = (fathers >= 0) & (mothers >= 0)
+        self.rules, self.as_of, self.keys = rules, as_of, keys[known]
+        self.rows = minors.rows[known].tolist()  # the known minors' roster rows
+        self.known = [roster.children[row] for row in self.rows]
         self.lone = np.concatenate([fathers[(fathers >= 0) & (mothers < 0)],
                                     mothers[(mothers >= 0) & (fathers < 0)]])  # fmt: skip
         self.fathers, self.mothers = fathers[known], mothers[known]
@@ -498,7 +520,7 @@ class _Reuse:
         for r in results:
             self.records |= r.fingerprints != 0
         self.digests = memo.mix(tokens[self.fathers], tokens[self.mothers])
-        self.where = np.full(len(known), -1, np.intp)
+        self.where = np.full(len(self.rows), -1, np.intp)
         self.previous: memo.Memo | None = None
         self.recalled: dict[int, Classification] = {}  # by roster row
 
