@@ -64,13 +64,12 @@ def _ascii(identifiers: Sequence[str] | np.ndarray) -> np.ndarray:
         if identifiers.dtype.kind != "S":
             raise ValueError("identifiers given as an array must be bytes ('S')")
         return identifiers
-    n = len(identifiers)
-    width = len(identifiers[0]) if n else 1
     joined = "".join(identifiers)
-    if not joined.isascii():
-        raise ValueError("identifiers to key must be ASCII text")
-    if all(len(i) == width for i in identifiers):
-        return np.frombuffer(joined.encode("ascii"), f"S{width}") if n else np.empty(0, "S1")
+    if not joined.isascii() or "\0" in joined:
+        raise ValueError("identifiers to key must be ASCII text without NUL")
+    width = len(identifiers[0]) if len(identifiers) else 0
+    if width and all(len(i) == width for i in identifiers):
+        return np.frombuffer(joined.encode("ascii"), f"S{width}")
     return np.array(identifiers, dtype="S")
 
 

@@ -110,7 +110,7 @@ def test_keys_are_the_cbc_mac_of_the_padded_identifier():
         return (cbc.update(message) + cbc.finalize())[16:]
 
     mixed = [*ids(3), "a", "", "x" * 31, "150102198001010000"[:15]]
-    for batch in (ids(20), mixed):
+    for batch in (ids(20), mixed, [""]):
         keys = cache_keys(secret, batch)
         assert [k.tobytes() for k in keys] == [reference(i) for i in batch]
     same = ids(20)
@@ -118,7 +118,9 @@ def test_keys_are_the_cbc_mac_of_the_padded_identifier():
     assert cache_keys(secret, []).shape == (0, 2)
 
 
-@pytest.mark.parametrize("bad", [["x" * 32], ["15010219800101000\uff18"], np.array([1, 2])])
+@pytest.mark.parametrize(
+    "bad", [["x" * 32], ["15010219800101000\uff18"], ["ab\0"], np.array([1, 2])]
+)
 def test_keys_refuse_what_they_cannot_key_one_to_one(bad):
     with pytest.raises(ValueError):
         cache_keys(b"k" * 32, bad)
