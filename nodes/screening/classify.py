@@ -189,6 +189,7 @@ def find_parent(
 
 _NO_RECORD = {role: ParentFinding(role, NONE, NONE) for role in ("father", "mother")}
 _NO_RECORDS = _NO_RECORD["father"].reasons + _NO_RECORD["mother"].reasons
+_NOT_ASKED = (ParentFinding("father", NOT_ASKED, NONE), ParentFinding("mother", NOT_ASKED, NONE))
 
 
 def recalled(role: str, status: str, records: bool, rules: Rules) -> ParentFinding:
@@ -252,9 +253,6 @@ def classify_unrecorded(
         else Classification(child, NOT_ELIGIBLE, age, *_NO_RECORD.values(), _NO_RECORDS)
         for child, age in zip(child_ids, ages, strict=True)
     ]
-
-
-_NOT_ASKED = (ParentFinding("father", NOT_ASKED, NONE), ParentFinding("mother", NOT_ASKED, NONE))
 
 
 def stable_until(
