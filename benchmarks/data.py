@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nodes.register import CANONICAL
+from nodes.department.register import CANONICAL
 from psi.ids import check_characters
 from psi.labels import Record, encode_label, record_handle
 
@@ -56,7 +56,7 @@ def overlapping(size: int, overlap: float = 0.5, seed: int = 1) -> tuple[list[st
 
 @dataclass(frozen=True)
 class Row:
-    """One register row in canonical columns (``nodes.register.CANONICAL``)."""
+    """One register row in canonical columns (``nodes.department.register.CANONICAL``)."""
 
     id_number: str
     record: Record

@@ -61,7 +61,7 @@ from benchmarks.common import (
     wait_until_quiet,
 )
 from benchmarks.data import labels, overlapping, register_rows
-from nodes.department import key_info
+from nodes.department.build import key_info
 from psi.labels import decode_label, record_handle
 from psi.oprf import Oprf, cpu_count
 from psi.table import build_table, match

@@ -31,9 +31,9 @@ from pathlib import Path
 from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
 from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
-from nodes.client import Client
-from nodes.config import load_federation
-from nodes.federation import LocalFederation
+from nodes.client.client import Client
+from nodes.demo.federation import LocalFederation
+from nodes.shared.config import load_federation
 
 DEPARTMENT = "prison"
 MINUTES = 60

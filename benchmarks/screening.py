@@ -1,16 +1,17 @@
 """The monthly screening at city scale: five department node processes on loopback (gRPC, mutual
-TLS) and ``nodes.screening.screen`` in this process, a full run and a rerun after small changes.
+TLS) and ``nodes.client.screening.screen`` in this process, a full run and a rerun after small
+changes.
 
     python -m benchmarks.screening [--children 1000000] [--background 0] [--out FILE]
 
-Data: ``psi.synth.generate_city`` (``--background`` scales the registers; 0 keeps only the roster
-parents' records, about 0.7 records per child in all, the closest the generator comes to 100,000
-records per department at a million children) written with ``write_city``, in a child process so
-that this process's memory is the client's alone. The same child makes the rerun's inputs:
-``--change`` (1%) of roster rows replaced by new families (new children and parents, from a second
-city of another seed, none colliding with the first) and, in each register, that fraction of rows
-changed: a third get a new end date, a third are removed, a third are replaced by records of other
-people (the new families' parents first).
+Data: ``nodes.demo.synth.generate_city`` (``--background`` scales the registers; 0 keeps only the
+roster parents' records, about 0.7 records per child in all, the closest the generator comes to
+100,000 records per department at a million children) written with ``write_city``, in a child
+process so that this process's memory is the client's alone. The same child makes the rerun's
+inputs: ``--change`` (1%) of roster rows replaced by new families (new children and parents, from a
+second city of another seed, none colliding with the first) and, in each register, that fraction of
+rows changed: a third get a new end date, a third are removed, a third are replaced by records of
+other people (the new families' parents first).
 
 Steps, each timed: the node tables are built in this process (``LocalFederation.build``, what
 ``psi node build`` does), the nodes start, ``screen`` runs end to end (all five datasets queried
@@ -60,7 +61,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import nodes.screening.run as screening_run
+import nodes.client.screening.run as screening_run
 from benchmarks.common import (
     GRPC_PREFIX,
     RESULTS,
@@ -71,14 +72,14 @@ from benchmarks.common import (
     report,
 )
 from benchmarks.oprf_rates import raw_rates
-from nodes.budgets import Limits
-from nodes.client import Client, QueryResult
-from nodes.federation import LocalFederation
-from nodes.state import NodeState
+from nodes.client.client import Client, QueryResult
+from nodes.demo.federation import LocalFederation
+from nodes.demo.synth import DEPARTMENTS, ROSTER_COLUMNS, generate_city, write_city
+from nodes.department.state import NodeState
+from nodes.shared.config import Limits
 from psi.labels import REGISTER_COLUMNS
 from psi.oprf import cpu_count
 from psi.suites import DEFAULT_SUITE, get_suite
-from psi.synth import DEPARTMENTS, ROSTER_COLUMNS, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
 ELEMENT_BYTES = get_suite(DEFAULT_SUITE).element_size
@@ -324,7 +325,7 @@ STEPS = ("_previous", "read_roster", "_plan", "_ask", "compare", "write_outputs"
 
 @contextmanager
 def probed(probe: Probe) -> Iterator[None]:
-    """``nodes.screening.run`` with its client and its steps instrumented, for one call."""
+    """``nodes.client.screening.run`` with its client and its steps instrumented, for one call."""
     saved = {name: getattr(screening_run, name) for name in ("Client", *STEPS)}
     screening_run.Client = probe.client_class()
     for name in STEPS:

@@ -39,10 +39,10 @@ from benchmarks.network_match import (
     reset_peak_rss_mib,
     vm_hwm_mib,
 )
-from nodes.client import Client
-from nodes.config import STATISTICS_PURPOSE, StatisticsPolicy, load_federation
-from nodes.federation import LocalFederation
-from nodes.stats_client import StatsClient
+from nodes.client.client import Client
+from nodes.client.statistics import StatsClient
+from nodes.demo.federation import LocalFederation
+from nodes.shared.config import STATISTICS_PURPOSE, StatisticsPolicy, load_federation
 from psi import paillier
 from psi.oprf import cpu_count
 from psi.stats import PROTOCOLS

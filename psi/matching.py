@@ -1,7 +1,7 @@
 """The client's side of a labelled query: blind, have the node evaluate, finalize, look up, decode.
 
 ``evaluate`` is whatever carries blinded elements to the node and back (a function call in tests
-and the local demo, a gRPC stream in ``nodes.client``); nothing else leaves this process.
+and the local demo, a gRPC stream in ``nodes.client.client``); nothing else leaves this process.
 """
 
 from __future__ import annotations

@@ -9,22 +9,22 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nodes.accountability import (
+from nodes.cli import main
+from nodes.client.accountability import (
     PROOF_SHOWN,
     UNDER_VERIFICATION,
     AccountabilityClient,
     DisputeCases,
 )
-from nodes.certs import Role, issue
-from nodes.cli import main
-from nodes.client import Client, NodeError
-from nodes.config import load_federation, load_node_config
-from nodes.federation import CLIENT, LocalFederation
-from nodes.state import NodeState
+from nodes.client.client import Client, NodeError
+from nodes.demo.federation import CLIENT, LocalFederation
+from nodes.demo.synth import generate_city, write_city
+from nodes.department.state import NodeState
+from nodes.shared.certs import Role, issue
+from nodes.shared.config import load_federation, load_node_config
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from psi.keys import PASSPHRASE_VAR
 from psi.labels import record_handle
-from psi.synth import generate_city, write_city
 
 NODE = "prison"
 EDUCATION = "education"

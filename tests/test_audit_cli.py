@@ -13,8 +13,8 @@ from xml.etree import ElementTree
 import pytest
 
 from nodes import cli
-from nodes.audit.log import AuditLog, generate_key
-from nodes.audit.report import (
+from nodes.shared.audit.log import AuditLog, generate_key
+from nodes.shared.audit.report import (
     CSV_COLUMNS,
     build_report,
     cross_check,

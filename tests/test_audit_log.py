@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nodes.audit.log import (
+from nodes.shared.audit.log import (
     AuditLog,
     VerifyReport,
     encode_entry,
@@ -29,7 +29,7 @@ from nodes.audit.log import (
     public_key_pem,
     verify_log,
 )
-from nodes.audit.merkle import (
+from nodes.shared.audit.merkle import (
     EMPTY_ROOT,
     Frontier,
     MerkleTree,
@@ -596,7 +596,7 @@ def test_detects_heads_going_backwards(tamper):
 WRITER = """
 import sys
 from pathlib import Path
-from nodes.audit.log import AuditLog, load_signing_key
+from nodes.shared.audit.log import AuditLog, load_signing_key
 log = AuditLog(Path(sys.argv[1]), load_signing_key(Path(sys.argv[2])), "prison", sign_every=7)
 round_ = int(sys.argv[3])
 n = 0

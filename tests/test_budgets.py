@@ -2,7 +2,8 @@
 
 import pytest
 
-from nodes.budgets import DAY, BudgetExceeded, Budgets, Limits
+from nodes.department.budgets import DAY, BudgetExceeded, Budgets
+from nodes.shared.config import Limits
 
 LIMITS = Limits(per_session=100, per_day=250, per_epoch=400)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from nodes.cache import FAMILY, MAGIC, OutputCache, cache_keys
+from nodes.shared.cache import FAMILY, MAGIC, OutputCache, cache_keys
 from psi.errors import InputError
 
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from nodes.certs import Role, fingerprint, init_federation, issue, subject_cn
-from nodes.tls import Peer, TlsFiles, channel_credentials, peer_identity, server_credentials
+from nodes.shared.certs import Role, fingerprint, init_federation, issue, subject_cn
+from nodes.shared.tls import Peer, TlsFiles, channel_credentials, peer_identity, server_credentials
 from protocols.limits import GRPC_OPTIONS
 from psi.errors import InputError
 

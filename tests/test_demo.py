@@ -6,7 +6,7 @@ import subprocess
 import sys
 from datetime import date
 
-from psi.synth import generate_city, write_city
+from nodes.demo.synth import generate_city, write_city
 
 
 def test_demo_on_user_data_screens_the_roster(tmp_path):

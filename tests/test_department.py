@@ -9,9 +9,9 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from nodes.cache import OutputCache
-from nodes.department import build_dataset_table, evaluate_people, server_key
-from nodes.register import csv_rows, read_rows
+from nodes.department.build import build_dataset_table, evaluate_people, server_key
+from nodes.department.register import csv_rows, read_rows
+from nodes.shared.cache import OutputCache
 from psi.ids import check_character
 from psi.keys import KeyRing
 from psi.labels import REGISTER_COLUMNS
@@ -132,7 +132,7 @@ def test_column_mapping_and_missing_column(tmp_path):
 def test_interrupted_build_resumes_and_rebuild_evaluates_only_new_people(
     tmp_path, oprf, monkeypatch
 ):
-    monkeypatch.setattr("nodes.department.CACHE_CHUNK", 1000)
+    monkeypatch.setattr("nodes.department.build.CACHE_CHUNK", 1000)
     keyring = KeyRing()
     keyring.add_dataset("health")
     key = server_key(oprf, keyring, "health", 1)
@@ -205,7 +205,7 @@ def test_label_fields_are_removed_before_encryption(tmp_path, oprf):
 def test_register_from_a_sql_query(tmp_path):
     import sqlite3
 
-    from nodes.register import sql_rows
+    from nodes.department.register import sql_rows
 
     db = tmp_path / "registers.db"
     with sqlite3.connect(db) as conn:

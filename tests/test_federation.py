@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nodes.audit.log import read_log, verify_log
-from nodes.audit.report import cross_check
-from nodes.budgets import Limits
-from nodes.certs import Role, init_federation, issue
-from nodes.client import Client, NodeError
-from nodes.config import load_federation
-from nodes.federation import CLIENT, LocalFederation
+from nodes.client.client import Client, NodeError
+from nodes.demo.federation import CLIENT, LocalFederation
+from nodes.demo.synth import expected_matches, generate_city, write_city
+from nodes.shared.audit.log import read_log, verify_log
+from nodes.shared.audit.report import cross_check
+from nodes.shared.certs import Role, init_federation, issue
+from nodes.shared.config import Limits, load_federation
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS
 from psi.errors import InputError
-from psi.synth import expected_matches, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
 
@@ -103,7 +102,7 @@ def test_matches_equal_the_plaintext_join_across_five_nodes(city, federation):
 def test_streams_in_blocks_when_nodes_need_different_identifiers(city, federation, monkeypatch):
     """Many small blinding blocks, and a node that already holds a third of the identifiers: each
     node's stream takes only its own rows of each block, and every answer lands on its row."""
-    monkeypatch.setattr("nodes.client.STREAM_CHUNK", 37)
+    monkeypatch.setattr("nodes.client.client.STREAM_CHUNK", 37)
     c, _ = city
     ids = parents(city)
     config = load_federation(federation.federation_file)
@@ -305,8 +304,8 @@ def test_cross_check_finds_a_receipt_missing_on_one_side(city, federation, tmp_p
 
 
 def test_receipts_are_signed_and_pinned(city, federation, tmp_path):
-    from nodes.audit.log import generate_key, public_key_pem
-    from nodes.audit.receipts import ReceiptError, verify_receipt
+    from nodes.shared.audit.log import generate_key, public_key_pem
+    from nodes.shared.audit.receipts import ReceiptError, verify_receipt
 
     with Client(load_federation(federation.federation_file)) as client:
         result = client.query("health", "health", ["11010519491231002X"], purpose="screening")

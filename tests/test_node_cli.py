@@ -8,10 +8,10 @@ from datetime import date
 import grpc
 import pytest
 
-from nodes.federation import LocalFederation
+from nodes.demo.federation import LocalFederation
+from nodes.demo.synth import expected_matches, generate_city, write_city
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS
-from psi.synth import expected_matches, generate_city, write_city
 
 
 def psi(*args, env=None, timeout=120):

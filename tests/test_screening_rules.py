@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.screening.classify import (
+from nodes.client.screening.classify import (
     DE_FACTO,
     EIGHT,
     NEEDS_REVIEW,
@@ -24,12 +24,12 @@ from nodes.screening.classify import (
     combine,
     judge,
 )
-from nodes.screening.rules import load_rules
+from nodes.client.screening.rules import load_rules
+from nodes.demo.synth import six_months_after
 from psi.dates import add_months
 from psi.errors import InputError
 from psi.ids import age_on, check_character
 from psi.labels import Record
-from psi.synth import six_months_after
 
 AS_OF = date(2026, 11, 30)
 RULES = load_rules()

@@ -16,20 +16,27 @@ from pathlib import Path
 import pytest
 
 from nodes import cli
-from nodes.client import Client
-from nodes.commands import screen as command
-from nodes.config import load_federation
-from nodes.federation import LocalFederation
-from nodes.screening import NodesFailed, ScreeningResult, roll_register, screen
-from nodes.screening.classify import CANDIDATES, CLASSES, ELIGIBLE, NOT_ELIGIBLE, Match, classify
-from nodes.screening.report import RESULT_COLUMNS, WITHHELD
-from nodes.screening.rules import load_rules
-from nodes.screening.run import compare
+from nodes.cli import screen as command
+from nodes.client.client import Client
+from nodes.client.screening import NodesFailed, ScreeningResult, roll_register, screen
+from nodes.client.screening.classify import (
+    CANDIDATES,
+    CLASSES,
+    ELIGIBLE,
+    NOT_ELIGIBLE,
+    Match,
+    classify,
+)
+from nodes.client.screening.report import RESULT_COLUMNS, WITHHELD
+from nodes.client.screening.rules import load_rules
+from nodes.client.screening.run import compare
+from nodes.demo.federation import LocalFederation
+from nodes.demo.synth import DEPARTMENTS, REGISTER_COLUMNS, generate_city, write_city
+from nodes.shared.config import load_federation
 from psi.dates import add_months
 from psi.errors import InputError
 from psi.ids import birth_date, check_character
 from psi.labels import Record
-from psi.synth import DEPARTMENTS, REGISTER_COLUMNS, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
 LATER = date(2027, 5, 31)
@@ -139,7 +146,8 @@ def test_outputs_keep_to_data_minimisation(city, first):
 
 
 def test_retained_statuses_are_recorded_as_such(city, federation, runs, first, monkeypatch):
-    monkeypatch.setattr("nodes.screening.report.LISTED", 3)  # a long list is cut in the report
+    # a long list is cut in the report
+    monkeypatch.setattr("nodes.client.screening.report.LISTED", 3)
     _, paths = city
     result = screen(
         federation.federation_file,

@@ -6,6 +6,7 @@ from datetime import date
 import numpy as np
 import pytest
 
+from nodes.demo.synth import generate_city
 from psi import paillier
 from psi.errors import CryptoError
 from psi.stats import (
@@ -24,7 +25,6 @@ from psi.stats import (
     shuffled,
 )
 from psi.suites import get_suite
-from psi.synth import generate_city
 
 SUITE = get_suite("ristretto255-SHA512")
 

@@ -13,13 +13,13 @@ import grpc
 import numpy as np
 import pytest
 
-from nodes.audit.log import read_log
-from nodes.budgets import Limits
-from nodes.certs import Role, issue
-from nodes.client import Client, NodeError
-from nodes.config import StatisticsPolicy, load_federation, load_node_config
-from nodes.federation import CLIENT, LocalFederation
-from nodes.stats_client import StatsClient
+from nodes.client.client import Client, NodeError
+from nodes.client.statistics import StatsClient
+from nodes.demo.federation import CLIENT, LocalFederation
+from nodes.demo.synth import expected_matches, generate_city, write_city
+from nodes.shared.audit.log import read_log
+from nodes.shared.certs import Role, issue
+from nodes.shared.config import Limits, StatisticsPolicy, load_federation, load_node_config
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2, stats_pb2_grpc
 from protocols.limits import GRPC_OPTIONS
 from psi import paillier, stats
@@ -27,7 +27,6 @@ from psi.errors import InputError
 from psi.ids import check_character, contains_identifier
 from psi.stats import DST, PROTOCOLS, count_common
 from psi.suites import get_suite
-from psi.synth import expected_matches, generate_city, write_city
 
 AS_OF = date(2026, 11, 30)
 SUITE = get_suite("ristretto255-SHA512")
@@ -137,7 +136,7 @@ def scalars(monkeypatch):
             super().__init__(*args, **kwargs)
             kept.append(self._scalar)
 
-    monkeypatch.setattr("nodes.stats_client.Blinder", Kept)
+    monkeypatch.setattr("nodes.client.statistics.Blinder", Kept)
     return kept
 
 

@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 
 from nodes import cli
-from nodes.commands import synth as synth_command
-from psi.errors import InputError
-from psi.ids import Reason, normalise_many
-from psi.labels import DISABILITY_KIND_CODES
-from psi.synth import (
+from nodes.cli import synth as synth_command
+from nodes.demo.synth import (
     CASES,
     CLASSES,
     DEPARTMENTS,
@@ -36,6 +33,9 @@ from psi.synth import (
     six_months_after,
     write_city,
 )
+from psi.errors import InputError
+from psi.ids import Reason, normalise_many
+from psi.labels import DISABILITY_KIND_CODES
 
 AS_OF = date(2024, 6, 30)
 ROOT = Path(__file__).resolve().parent.parent

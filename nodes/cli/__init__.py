@@ -1,0 +1,51 @@
+"""The ``psi`` command line; each subcommand lives in ``nodes.cli.<name>``.
+
+A user mistake (``KinlinkError``) prints one clear line and exits 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from psi.errors import KinlinkError
+
+COMMANDS = (
+    "synth",
+    "certs",
+    "node",
+    "query",
+    "stats",
+    "demo",
+    "screen",
+    "audit",
+    "catalog",
+    "disputes",
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psi",
+        description="kinlink: privacy-preserving federated matching between departments.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"nodes.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KinlinkError as exc:
+        print(f"psi {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"psi {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

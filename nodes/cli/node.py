@@ -1,0 +1,105 @@
+"""``psi node build|serve|rotate|catalog|disputes``: what a department operator runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from nodes.cli.node_admin import add_actions
+from nodes.department.node import start_node
+from nodes.department.state import NodeState
+from nodes.shared.config import load_node_config
+from nodes.shared.progress import progress
+from psi.errors import InputError
+from psi.keys import PASSPHRASE_VAR, passphrase_from_env
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("node", help="run a department node")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    env = f"the key ring passphrase is read from ${PASSPHRASE_VAR}"
+    for name, helptext, func in (
+        ("build", "(re)build the tables of the node's datasets for the current key epoch", build),
+        ("serve", "serve the node's datasets over gRPC with mutual TLS", serve),
+        ("rotate", "start a new key epoch (then rebuild)", rotate),
+    ):
+        action = actions.add_parser(name, help=helptext, description=f"{helptext}; {env}")
+        action.add_argument("--config", type=Path, required=True, help="node.toml")
+        action.set_defaults(func=func)
+        if name in ("build", "rotate"):
+            action.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+        if name == "serve":
+            action.add_argument(
+                "--port-file",
+                type=Path,
+                help="write the port actually bound here (for --listen port 0)",
+            )
+    add_actions(actions)  # catalog, disputes: nodes/cli/node_admin.py
+
+
+def _datasets(state: NodeState, chosen: list[str] | None) -> list[str]:
+    for name in chosen or []:
+        if name not in state.config.datasets:
+            raise InputError(
+                f"no dataset {name!r} in {state.config.path}; "
+                f"it has: {', '.join(state.config.datasets)}"
+            )
+    return chosen or list(state.config.datasets)
+
+
+def build(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    state = NodeState(config, passphrase_from_env())
+    for dataset in _datasets(state, args.dataset):
+        register_rows = state.read_register(config.datasets[dataset])
+        with progress(len(register_rows.people), f"{dataset}: evaluating") as advance:
+            reports = state.build(dataset, progress=advance)
+        rejects = state.root / dataset / "rejects.csv"
+        for r in reports:
+            what = (
+                f"version {r.version} published"
+                if r.published
+                else f"unchanged at version {r.version}"
+            )
+            print(
+                f"{dataset} [{r.profile}] epoch {r.epoch}: {what}; {r.entries} entries, "
+                f"{r.evaluated} evaluated, +{r.added} -{r.removed}"
+            )
+        if len(register_rows.rejects):
+            print(f"{dataset}: {len(register_rows.rejects)} bad rows listed in {rejects}")
+    return 0
+
+
+def rotate(args: argparse.Namespace) -> int:
+    state = NodeState(load_node_config(args.config), passphrase_from_env())
+    for dataset in _datasets(state, args.dataset):
+        epoch = state.rotate(dataset)
+        print(
+            f"{dataset}: key epoch {epoch} started; the previous one is retired. "
+            f"Run `psi node build --config {args.config}` to publish its tables."
+        )
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    config.state.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=config.state / "node.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    node = start_node(config, passphrase_from_env())
+    if args.port_file:
+        args.port_file.write_text(f"{node.port}\n")
+    print(f"node {config.id} serving {', '.join(config.datasets)} on port {node.port}", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    node.stop()
+    print(f"node {config.id} stopped", flush=True)
+    return 0

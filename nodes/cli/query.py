@@ -1,0 +1,59 @@
+"""``psi query``: civil affairs asks one node's dataset about a file of identifiers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nodes.cli.inputs import read_id_file
+from nodes.client.client import Client, NodeError, write_matches
+from nodes.shared.config import load_federation
+from nodes.shared.progress import progress
+
+EXIT_NO_MATCHES = 1  # distinct from a failure (2 for a user mistake, 3 for a node failure)
+EXIT_NODE_FAILED = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "query",
+        help="query a node's dataset about a file of identity numbers",
+        description="Exit status: 0 matches found, 1 no matches, 2 bad input, 3 node failure.",
+    )
+    parser.add_argument("--federation", type=Path, required=True, help="federation.toml")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--ids", type=Path, required=True, help="CSV file of identity numbers")
+    parser.add_argument("--column", default="id_number", help="column of --ids (default id_number)")
+    parser.add_argument("--purpose", required=True, help="purpose code granted by the node")
+    parser.add_argument("--legal-basis", default="", help="reference recorded with the query")
+    parser.add_argument("--out", type=Path, required=True, help="matches CSV to write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    federation = load_federation(args.federation)
+    column, _ = read_id_file(args.ids, args.column, args.out)
+    ids = sorted({x.decode() for x in column.ids[column.valid].tolist()})
+    with Client(federation) as client, progress(2 * len(ids), f"{args.node}/{args.dataset}") as bar:
+        try:
+            result = client.query(
+                args.node,
+                args.dataset,
+                ids,
+                purpose=args.purpose,
+                legal_basis_ref=args.legal_basis,
+                progress=bar,
+            )
+        except NodeError as exc:
+            print(f"psi query: node failed: {exc}", file=sys.stderr)
+            return EXIT_NODE_FAILED
+    rows = write_matches(args.out, [result])
+    print(
+        f"{len(result.matches)} of {len(ids)} identifiers matched ({rows} records) in "
+        f"{args.node}/{args.dataset}, epoch {result.epoch}, table version "
+        f"{result.table_version}; {result.evaluated} evaluated, "
+        f"{len(ids) - result.evaluated} from cache; written to {args.out}"
+    )
+    return 0 if result.matches else EXIT_NO_MATCHES

@@ -1,0 +1,200 @@
+"""``psi stats``: how many of a file's identifiers a node's dataset holds, and the sums or
+per-group totals of the file's own values over them, without either side learning who matched
+(docs/statistics.md).
+
+    psi stats --federation F --node prison --dataset prison --ids parents.csv --purpose statistics
+    psi stats ... --values days_supported --group-by county --out totals.csv --json totals.json
+
+Only ids: PSI-cardinality (the node learns only how many ids were sent). With ``--values``: the
+intersection-sum. With ``--group-by``: a count per group, and with ``--values`` a sum per group
+too, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nodes.cli.inputs import read_id_file
+from nodes.cli.query import EXIT_NO_MATCHES, EXIT_NODE_FAILED
+from nodes.client.client import Client, NodeError
+from nodes.client.statistics import StatsClient, StatsResult
+from nodes.shared.config import STATISTICS_PURPOSE, load_federation
+from psi.errors import InputError, Source
+from psi.ids import IdColumn, contains_identifier, mask
+
+MAX_PROBLEMS = 5  # cells listed in one error message
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "stats",
+        help="count (and sum) a file's identifiers in a node's dataset without learning who",
+        description="Exit status: 0 a result, 1 an empty intersection, 2 bad input, "
+        "3 node failure.",
+    )
+    parser.add_argument("--federation", type=Path, required=True, help="federation.toml")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--ids", type=Path, required=True, help="CSV file of identity numbers")
+    parser.add_argument("--column", default="id_number", help="column of --ids (default id_number)")
+    parser.add_argument("--values", metavar="COLUMN", help="sum this column (integers >= 0)")
+    parser.add_argument("--group-by", metavar="COLUMN", help="one total per value of this column")
+    parser.add_argument(
+        "--purpose",
+        required=True,
+        help=f"a statistics purpose granted by the node (e.g. {STATISTICS_PURPOSE})",
+    )
+    parser.add_argument("--legal-basis", default="", help="reference recorded with the query")
+    parser.add_argument("--out", type=Path, help="CSV of the totals to write")
+    parser.add_argument("--json", type=Path, help="JSON of the result to write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    federation = load_federation(args.federation)
+    wanted = [c for c in (args.values, args.group_by) if c]
+    column, cells = read_id_file(args.ids, args.column, args.out or args.json or args.ids, wanted)
+    rows = np.flatnonzero(column.valid)
+    values = _values(args, column, rows, cells) if args.values else None
+    groups = _groups(args, column, rows, cells) if args.group_by else None
+    ids = _distinct(column, rows, keyed=values is not None or groups is not None)
+    with Client(federation) as client:
+        try:
+            result = StatsClient(client).run(
+                args.node,
+                args.dataset,
+                ids,
+                purpose=args.purpose,
+                values=values,
+                groups=groups,
+                legal_basis_ref=args.legal_basis,
+            )
+        except NodeError as exc:
+            print(f"psi stats: node failed: {exc}", file=sys.stderr)
+            return EXIT_NODE_FAILED
+    print(_report(result, args.values))
+    if args.out:
+        _write_csv(args.out, result)
+    if args.json:
+        _write_json(args.json, result, args.values, args.group_by)
+    return 0 if result.intersection else EXIT_NO_MATCHES
+
+
+Cells = dict[str, list[str | None]]
+
+
+def _cells(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, name: str, read: Cells):
+    """The cells of column ``name`` on the rows with a valid identifier; a row without one is an
+    error (never echoing a cell: it may hold anything)."""
+    picked = [read[name][i] for i in rows.tolist()]
+    missing = [
+        column.lines[i] for i, c in zip(rows.tolist(), picked, strict=True) if not (c and c.strip())
+    ]
+    _fail(args.ids, name, missing, "blank or missing")
+    return [c.strip() for c in picked]
+
+
+def _values(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: Cells) -> list[int]:
+    cells = _cells(args, column, rows, args.values, read)
+    bad = [
+        column.lines[i]
+        for i, c in zip(rows.tolist(), cells, strict=True)
+        if not (c.isascii() and c.isdigit())
+    ]
+    _fail(args.ids, args.values, bad, "not a whole number of 0 or more")
+    return [int(c) for c in cells]
+
+
+def _groups(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: Cells) -> list[str]:
+    cells = _cells(args, column, rows, args.group_by, read)
+    looks = [
+        column.lines[i] for i, c in zip(rows.tolist(), cells, strict=True) if contains_identifier(c)
+    ]
+    _fail(args.ids, args.group_by, looks, "looks like an identity number (groups are printed)")
+    return cells
+
+
+def _fail(file: Path, name: str, lines: Sequence[int], reason: str) -> None:
+    if not lines:
+        return
+    shown = ", ".join(map(str, lines[:MAX_PROBLEMS])) + (
+        " ..." if len(lines) > MAX_PROBLEMS else ""
+    )
+    raise InputError(f"{len(lines)} rows {reason} (lines {shown})", Source(str(file), column=name))
+
+
+def _distinct(column: IdColumn, rows: np.ndarray, *, keyed: bool) -> list[str]:
+    """The valid identifiers, each once. A repeat is dropped when only identifiers count, and an
+    error when it carries a value or group (which of its rows would count?)."""
+    ids = [column.ids[i].decode() for i in rows.tolist()]
+    first: dict[str, int] = {}
+    for i, x in zip(rows.tolist(), ids, strict=True):
+        if x in first and keyed:
+            raise InputError(
+                f"identifier {mask(x)} repeats line {first[x]}; each person once",
+                Source(column.file, int(column.lines[i]), column.column),
+            )
+        first.setdefault(x, int(column.lines[i]))
+    if len(first) < len(ids):
+        print(f"{len(ids) - len(first)} repeated identifiers counted once", file=sys.stderr)
+    return list(first)
+
+
+def _report(result: StatsResult, values: str | None) -> str:
+    head = (
+        f"{result.intersection} of {result.queried} identifiers are in "
+        f"{result.node}/{result.dataset} (its set: {result.node_set_size}; {result.protocol})"
+    )
+    if result.groups is None:
+        return head + (f"; sum of {values}: {result.total}" if result.total is not None else "")
+    width = max([len("group"), *map(len, result.groups)])
+    lines = [head, f"{'group':<{width}}  {'count':>8}" + (f"  {'sum':>12}" if values else "")]
+    for label, total in result.groups.items():
+        lines.append(
+            f"{label:<{width}}  {total.count:>8}" + (f"  {total.sum:>12}" if values else "")
+        )
+    return "\n".join(lines)
+
+
+def _rows(result: StatsResult) -> list[tuple[str, int, int | None]]:
+    if result.groups is None:
+        return [("all", result.intersection, result.total)]
+    return [(label, t.count, t.sum) for label, t in result.groups.items()]
+
+
+def _write_csv(path: Path, result: StatsResult) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("group", "count", "sum"))
+            writer.writerows((g, c, "" if s is None else s) for g, c, s in _rows(result))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _write_json(path: Path, result: StatsResult, values: str | None, group_by: str | None) -> None:
+    document = {
+        "node": result.node,
+        "dataset": result.dataset,
+        "protocol": result.protocol,
+        "queried": result.queried,
+        "node_set_size": result.node_set_size,
+        "intersection": result.intersection,
+        "values": values,
+        "sum": result.total,
+        "group_by": group_by,
+        "groups": None
+        if result.groups is None
+        else {g: {"count": t.count, "sum": t.sum} for g, t in result.groups.items()},
+    }
+    try:
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None

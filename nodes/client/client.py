@@ -1,0 +1,684 @@
+"""The civil-affairs client: labelled queries to department nodes over mutual TLS.
+
+    client = Client(load_federation("federation.toml"))
+    result = client.query("prison", "prison", ids, purpose="screening")
+    for person, label in result.matches: ...
+
+Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and
+the table tag and label key derived from the OPRF output of each identifier it already asked
+about, so a rerun evaluates only identifiers it has not seen in that epoch. Several nodes are
+queried at once, blinding, evaluation and finalizing overlapping block by block. Labels are
+opened when the caller asks for them (``QueryResult.matches`` or ``found``), so a rerun opens only
+those whose entries changed. A node that fails raises ``NodeError``: a failure never looks like an
+empty result.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import grpc
+import numpy as np
+
+from nodes.shared.accountability import request_hint
+from nodes.shared.audit.log import open_party_log
+from nodes.shared.audit.receipts import ReceiptError, receipt_fields, verify_receipt
+from nodes.shared.cache import OutputCache, cache_keys
+from nodes.shared.config import FederationConfig
+from nodes.shared.tls import channel_credentials
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
+from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
+from psi.errors import InputError, KinlinkError
+from psi.labels import REGISTER_COLUMNS, Label
+from psi.matching import Found, lookup_tags
+from psi.oprf import Oprf
+from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive, entry_fingerprints
+
+MATCH_COLUMNS = (
+    *REGISTER_COLUMNS[:-1],
+    "record_handle",
+    "node",
+    "dataset",
+    "key_epoch",
+    "table_version",
+)
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CALL_TIMEOUT = 30.0
+# Elements per blinding block and per Evaluate message: small enough that nodes start evaluating
+# early and answers are finalized while other nodes still compute, large enough to amortise calls.
+STREAM_CHUNK = 8192
+# What the client keeps per identifier and (node, dataset, epoch): the table tag and label key
+# derived from the OPRF output (psi.table.derive), not the output itself. They do not change with
+# the table version, so a rerun matches two million identifiers without hashing any again.
+DERIVED_BYTES = TAG_BYTES + KEY_BYTES
+
+Progress = Callable[[int], None]
+Interceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+
+
+class NodeError(KinlinkError):
+    """A node refused or could not be reached; ``code`` is the gRPC status."""
+
+    def __init__(self, node: str, code: grpc.StatusCode | None, details: str):
+        self.node, self.code = node, code
+        name = code.name if code else "ERROR"
+        super().__init__(f"node {node!r}: {name}: {details}")
+
+
+@dataclass(eq=False)
+class QueryResult:
+    """One dataset's answer about ``ids``. Labels are opened only when asked for: ``matches``
+    opens every hit, ``found`` the hits of some identifiers, and ``fingerprints`` tells which
+    identifiers' entries changed since an earlier answer without opening any (a rerun opens only
+    those)."""
+
+    node: str
+    dataset: str
+    epoch: int
+    table_version: int
+    ids: Sequence[str]  # canonical identifiers as queried
+    table: Table
+    derived: np.ndarray  # (len(ids), DERIVED_BYTES): each identifier's table tag and label key
+    evaluated: int  # sent to the node this time; the rest came from the client's cache
+    receipt: psi_pb2.SessionReceipt | None = None
+    bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def queried(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def tags(self) -> np.ndarray:
+        return np.ascontiguousarray(self.derived[:, :TAG_BYTES]).view("<u8").reshape(-1)
+
+    @cached_property
+    def fingerprints(self) -> np.ndarray:
+        """Per identifier, ``psi.table.entry_fingerprints`` of its entry (0: no entry)."""
+        return entry_fingerprints(self.table, self.tags)
+
+    def found(self, rows: np.ndarray | None = None) -> list[Found]:
+        """The decoded labels of the identifiers at ``rows`` (default: all) that the table
+        holds; ``Found.index`` is the identifier's index in ``ids``, ``Found.written`` the table
+        version its entry was written in."""
+        t = time.perf_counter()
+        keys = self.derived[:, TAG_BYTES:]
+        if rows is None:
+            found, _ = lookup_tags(self.table, self.tags, keys)
+        else:
+            rows = np.asarray(rows, np.intp)
+            hits, _ = lookup_tags(self.table, self.tags[rows], keys[rows])
+            where = rows[[f.index for f in hits]].tolist()
+            found = [Found(i, f.label, f.written) for i, f in zip(where, hits, strict=True)]
+        self.timings["match"] = self.timings.get("match", 0.0) + time.perf_counter() - t
+        return found
+
+    @cached_property
+    def matches(self) -> list[tuple[str, Label]]:
+        """(identifier, label) of every identifier the table holds."""
+        return [(self.ids[f.index], f.label) for f in self.found()]
+
+
+@dataclass
+class _Plan:
+    node: str
+    dataset: str
+    epoch: int
+    version: int  # negotiated protocol version
+    cache: OutputCache  # of (node, dataset, epoch); its folder holds the table copy too
+    derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
+    fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
+    timings: dict[str, float]
+
+
+class _Answer(NamedTuple):
+    """What a node returned for a plan: the session's receipt (None when nothing was evaluated),
+    its current table and the payload bytes received."""
+
+    receipt: psi_pb2.SessionReceipt | None
+    table: Table
+    received: int
+
+
+class _Blinder:
+    """Blinds identifiers block by block, in a thread of its own, for every node at once: a
+    node's stream sends each block as soon as it is ready, so the nodes evaluate while later
+    blocks are blinded and earlier answers finalized. Keeps the blinded elements and the
+    blinds' inverses (one inversion per identifier, whatever the number of nodes)."""
+
+    def __init__(self, oprf: Oprf, inputs: list[bytes], progress: Progress | None):
+        self.oprf, self.inputs, self.progress = oprf, inputs, progress
+        self.blinded = np.empty((len(inputs), oprf.suite.element_size), np.uint8)
+        self.inverses = np.empty((len(inputs), oprf.suite.scalar_size), np.uint8)
+        self.seconds = 0.0
+        self._ready = 0
+        self._failed = False
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            for lo in range(0, len(self.inputs), STREAM_CHUNK):
+                hi = min(lo + STREAM_CHUNK, len(self.inputs))
+                blinds, self.blinded[lo:hi] = self.oprf.blind_batch(
+                    self.inputs[lo:hi], progress=self.progress
+                )
+                self.inverses[lo:hi] = self.oprf.invert_blinds(blinds)
+                with self._changed:
+                    self._ready = hi
+                    self._changed.notify_all()
+        except BaseException:
+            with self._changed:
+                self._failed = True
+                self._changed.notify_all()
+            raise
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def wait(self, rows: int) -> None:
+        """Until the first ``rows`` are blinded; a failed blinding ends the waiting stream."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready >= rows or self._failed)
+            if self._ready < rows:
+                raise KinlinkError("blinding failed; the query stopped")
+
+
+class Client:
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        oprf: Oprf | None = None,
+        retries: int = 4,
+        backoff: float = 0.5,
+        interceptors: Sequence[Interceptor] = (),
+    ):
+        """``interceptors`` go on every channel (the benchmarks count bytes with one, tests
+        record the wire)."""
+        self.config = config
+        self._interceptors = tuple(interceptors)
+        self.oprf = oprf or Oprf()
+        self.retries, self.backoff = retries, backoff
+        self._credentials = channel_credentials(config.tls)
+        self._channels: dict[str, grpc.Channel] = {}
+        config.cache.mkdir(parents=True, exist_ok=True)
+        secret_file = config.cache / "cache.key"
+        if not secret_file.exists():
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+        self._secret = secret_file.read_bytes()
+        self.audit = open_party_log(config.cache, config.client)
+        self._node_keys: dict[str, bytes] = {}
+        self._caches: dict[tuple[str, str, int], OutputCache] = {}
+        self._lock = threading.Lock()  # over _channels and _caches
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self.audit.close()
+
+    def record(self, node: str, event: dict) -> None:
+        """Append to the client's own audit log; a node's free text that the log refuses (it
+        looks like an identifier) is dropped, never the event."""
+        event = {**{k: v for k, v in event.items() if v != ""}, "peer": {"cn": node}}
+        try:
+            self.audit.append(event)
+        except ValueError:
+            self.audit.append({k: v for k, v in event.items() if k not in ("reason", "detail")})
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def identifier_keys(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Keyed digests, (n, 2) uint64, of canonical identifiers (text or an 'S18' array)
+        under this client's cache secret: how the cache names people without naming them."""
+        return cache_keys(self._secret, ids)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def channel(self, node: str) -> grpc.Channel:
+        """The node's channel (mutual TLS, the wire's message limits, the interceptors), opened
+        once: the statistics and accountability clients make their stubs on it."""
+        with self._lock:
+            if node not in self._channels:
+                address = self.config.node(node).address
+                channel = grpc.secure_channel(address, self._credentials, GRPC_OPTIONS)
+                if self._interceptors:
+                    channel = grpc.intercept_channel(channel, *self._interceptors)
+                self._channels[node] = channel
+            return self._channels[node]
+
+    def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
+        return psi_pb2_grpc.DepartmentNodeStub(self.channel(node))
+
+    def _cache(self, node: str, dataset: str, epoch: int) -> OutputCache:
+        """The derived-output cache of (node, dataset, epoch), one object per client."""
+        with self._lock:
+            key = (node, dataset, epoch)
+            if key not in self._caches:
+                path = self.config.cache / node / dataset / f"e{epoch}" / "derived.bin"
+                self._caches[key] = OutputCache(path, self._secret, DERIVED_BYTES)
+            return self._caches[key]
+
+    def warm(self) -> threading.Thread:
+        """Start reading and sorting, in a thread, the caches of every dataset the nodes offer
+        now, so that a large query which follows (once its caller has read its identifiers)
+        starts at once. Failures are left to that query to report."""
+
+        def run() -> None:
+            try:
+                for node in self.config.nodes:
+                    for entry in self.catalogue(node).datasets:
+                        cache = self._cache(node, entry.dataset_id, entry.key_epoch)
+                        if cache.path.exists():
+                            cache.load()
+            except Exception:  # it only saves time; the query reports any failure
+                return
+
+        thread = threading.Thread(target=run, name="kinlink-warm", daemon=True)
+        thread.start()
+        return thread
+
+    def call(self, node: str, what: Callable[[], object]) -> object:
+        """Run one idempotent call, retrying with exponential backoff while the node is
+        unreachable; any other failure is final."""
+        for attempt in range(self.retries + 1):
+            try:
+                return what()
+            except grpc.RpcError as exc:
+                if exc.code() in RETRYABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise NodeError(node, exc.code(), exc.details() or "") from None
+        raise AssertionError("unreachable")
+
+    # -- the service ----------------------------------------------------------------------------
+    def catalogue(self, node: str) -> psi_pb2.Catalogue:
+        """The node's catalogue; its audit key is pinned on first sight (trust on first use,
+        or pre-seeded by placing the node's key in ``<cache>/node-keys/<node>.pem``)."""
+        stub = self._stub(node)
+        catalogue = self.call(
+            node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=CALL_TIMEOUT)
+        )
+        self._pin(node, catalogue.audit_public_key)
+        return catalogue
+
+    def _pin(self, node: str, key: bytes) -> None:
+        path = self.config.cache / "node-keys" / f"{node}.pem"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(key)
+        elif path.read_bytes() != key:
+            raise NodeError(
+                node,
+                None,
+                f"its audit key differs from the one pinned in {path}; "
+                "if the node really changed its key, confirm it with the operator "
+                "out of band and replace that file",
+            )
+        self._node_keys[node] = key
+
+    def query(
+        self,
+        node: str,
+        dataset: str,
+        ids: Sequence[str],
+        *,
+        purpose: str,
+        legal_basis_ref: str = "",
+        progress: Progress | None = None,
+    ) -> QueryResult:
+        """Which of ``ids`` (canonical identifiers) the node's dataset holds, with their labels."""
+        result = self.query_many(
+            [(node, dataset)],
+            ids,
+            purpose=purpose,
+            legal_basis_ref=legal_basis_ref,
+            progress=progress,
+        )[(node, dataset)]
+        if isinstance(result, NodeError):
+            raise result
+        return result
+
+    def query_many(
+        self,
+        requests: Sequence[tuple[str, str]],
+        ids: Sequence[str],
+        *,
+        purpose: str,
+        legal_basis_ref: str = "",
+        progress: Progress | None = None,
+    ) -> dict[tuple[str, str], QueryResult | NodeError]:
+        """The same identifiers against several (node, dataset) pairs at once. Identifiers are
+        blinded once and the same blinded elements go to every node that needs them (each node
+        sees uniformly random elements either way; see docs/threat-model.md). Blinding, the
+        nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
+        ``NodeError``, so the others' results are not lost."""
+        keys = self.identifier_keys(ids)
+        by_first = np.argsort(keys[:, 0])  # sorted once for every node's cache lookup
+
+        def plan(request: tuple[str, str]) -> _Plan | NodeError:
+            try:
+                return self._plan(*request, keys, by_first, purpose)
+            except NodeError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
+            plans = dict(zip(requests, pool.map(plan, requests), strict=True))
+        ready = [p for p in plans.values() if isinstance(p, _Plan)]
+        union = np.unique(np.concatenate([p.fresh for p in ready] or [np.empty(0, np.intp)]))
+        blinder = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
+
+        def answer(plan: _Plan) -> _Answer | NodeError:
+            try:
+                return self._answer(
+                    plan,
+                    ids,
+                    keys,
+                    blinder,
+                    np.searchsorted(union, plan.fresh),
+                    purpose,
+                    legal_basis_ref,
+                    progress,
+                )
+            except NodeError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=len(ready) + 1) as pool:
+            blinding = pool.submit(blinder.run)
+            answers = list(pool.map(answer, ready))
+            blinding.result()  # a blinding failure is the caller's, not a node's
+        # Labels are opened after every stream has ended (by the caller, when asked for): opening
+        # holds the GIL, and run beside the streams it held up each libsodium call of the
+        # others' finalizing.
+        done = iter(
+            [
+                a if isinstance(a, NodeError) else self._result(p, ids, a)
+                for p, a in zip(ready, answers, strict=True)
+            ]
+        )
+        return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
+
+    def _plan(
+        self, node: str, dataset: str, keys: np.ndarray, by_first: np.ndarray, purpose: str
+    ) -> _Plan:
+        """What a query needs from the node: its epoch, and which identifiers have no cached
+        output for that epoch yet."""
+        started = time.perf_counter()
+        catalogue = self.catalogue(node)
+        version = negotiate([PROTOCOL_VERSION], catalogue.protocol_versions)
+        entry = next((d for d in catalogue.datasets if d.dataset_id == dataset), None)
+        if entry is None:
+            offered = ", ".join(d.dataset_id for d in catalogue.datasets) or "none"
+            raise NodeError(
+                node,
+                grpc.StatusCode.NOT_FOUND,
+                f"no dataset {dataset!r} for this client; offered: {offered}; "
+                + request_hint(node, dataset, purpose),
+            )
+        cache = self._cache(node, dataset, entry.key_epoch)
+        found, derived = cache.lookup(keys, by_first)
+        timings = {"plan": time.perf_counter() - started}
+        return _Plan(
+            node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
+        )
+
+    def _answer(
+        self,
+        plan: _Plan,
+        ids: Sequence[str],
+        keys: np.ndarray,
+        blinder: _Blinder,
+        rows: np.ndarray,
+        purpose: str,
+        legal_basis_ref: str,
+        progress: Progress | None,
+    ) -> _Answer:
+        """Evaluate the plan's fresh identifiers (``rows`` of the blinder) at the node, finalize
+        as answers arrive, cache, fetch the table."""
+        receipt = None
+        if len(plan.fresh):
+            t = time.perf_counter()
+            receipt = self._evaluate(plan, ids, blinder, rows, purpose, legal_basis_ref, progress)
+            plan.timings["evaluate"] = time.perf_counter() - t
+            plan.timings["blind"] = blinder.seconds
+            plan.cache.put(keys[plan.fresh], plan.derived[plan.fresh])
+        t = time.perf_counter()
+        table, received = self._table(
+            plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.cache.path.parent
+        )
+        plan.timings["table"] = time.perf_counter() - t
+        if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
+            raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
+        return _Answer(receipt, table, received)
+
+    def _result(self, plan: _Plan, ids: Sequence[str], answer: _Answer) -> QueryResult:
+        receipt = answer.receipt
+        return QueryResult(
+            plan.node,
+            plan.dataset,
+            plan.epoch,
+            answer.table.header.version,
+            ids,
+            answer.table,
+            plan.derived,
+            len(plan.fresh),
+            receipt,
+            answer.received
+            + (receipt.elements_evaluated * self.oprf.suite.element_size if receipt else 0),
+            plan.timings,
+        )
+
+    def _evaluate(
+        self,
+        plan: _Plan,
+        ids: Sequence[str],
+        blinder: _Blinder,
+        rows: np.ndarray,
+        purpose: str,
+        legal_basis_ref: str,
+        progress: Progress | None,
+    ) -> psi_pb2.SessionReceipt:
+        """One session: blinded blocks stream out as the blinder produces them; each answer is
+        finalized as it arrives, and its table tag and label key kept in ``plan.derived``."""
+        node, stub = plan.node, self._stub(plan.node)
+        asked = {
+            "dataset": plan.dataset,
+            "purpose": purpose,
+            "legal_basis_ref": legal_basis_ref,
+            "declared": len(rows),
+            "key_epoch": plan.epoch,
+        }
+        try:
+            session = self.call(
+                node,
+                lambda: stub.OpenSession(
+                    psi_pb2.OpenSessionRequest(
+                        dataset_id=plan.dataset,
+                        purpose_code=purpose,
+                        legal_basis_ref=legal_basis_ref,
+                        element_count=len(rows),
+                        suite=self.oprf.suite.name,
+                        key_epoch=plan.epoch,
+                        protocol_version=plan.version,
+                    ),
+                    timeout=CALL_TIMEOUT,
+                ),
+            )
+        except NodeError as exc:
+            self.record(
+                node,
+                {
+                    **asked,
+                    "event": "session_refused",
+                    "outcome": exc.code.name.lower() if exc.code else "error",
+                    "reason": str(exc),
+                },
+            )
+            raise
+        per_chunk = min(session.max_elements_per_chunk, STREAM_CHUNK)
+
+        def chunks() -> Iterator[psi_pb2.EvaluateChunk]:
+            for sequence, lo in enumerate(range(0, len(rows), per_chunk)):
+                part = rows[lo : lo + per_chunk]
+                blinder.wait(int(part[-1]) + 1)
+                yield psi_pb2.EvaluateChunk(
+                    session_id=session.session_id if sequence == 0 else "",
+                    sequence=sequence,
+                    count=len(part),
+                    elements=blinder.blinded[part].tobytes(),
+                )
+
+        answers = Reassembler(len(rows), self.oprf.suite.element_size)
+        finalizing = 0.0
+        try:
+            for reply in stub.Evaluate(chunks()):
+                lo = answers.filled
+                answers.add(reply.elements, reply.count, reply.sequence)
+                t = time.perf_counter()
+                fresh = plan.fresh[lo : answers.filled]
+                outputs = self.oprf.finalize_inverted(
+                    [ids[i].encode() for i in fresh],
+                    blinder.inverses[rows[lo : answers.filled]],
+                    answers.array[lo : answers.filled],
+                    progress=progress,
+                )
+                tags, label_keys = derive(plan.dataset, plan.epoch, outputs)
+                plan.derived[fresh, :TAG_BYTES] = tags.astype("<u8").view(np.uint8).reshape(-1, 8)
+                plan.derived[fresh, TAG_BYTES:] = label_keys
+                finalizing += time.perf_counter() - t
+            answers.result()
+        except grpc.RpcError as exc:
+            raise NodeError(node, exc.code(), exc.details() or "") from None
+        except WireError as exc:
+            raise NodeError(node, None, f"the answer broke the wire contract: {exc}") from None
+        plan.timings["finalize"] = finalizing
+        receipt = self.call(
+            node,
+            lambda: stub.CloseSession(
+                psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+            ),
+        )
+        try:
+            verify_receipt(receipt, self._node_keys[node])
+        except ReceiptError as exc:
+            raise NodeError(node, None, str(exc)) from None
+        self.record(
+            node,
+            {
+                "event": "receipt_received",
+                **receipt_fields(receipt),
+                "detail": f"signed tree head of size {receipt.tree_head.size}",
+            },
+        )
+        return receipt
+
+    def _table(
+        self, node: str, dataset: str, epoch: int, purpose: str, legal_basis_ref: str, folder: Path
+    ) -> tuple[Table, int]:
+        """The node's current table, from the local copy plus a delta when there is one."""
+        path = folder / "table.kltb"
+        held = Table.load(path) if path.exists() else None
+        since = held.header.version if held else 0
+        stub = self._stub(node)
+
+        def fetch() -> tuple[psi_pb2.TableHeader, bytes]:
+            stream = stub.FetchTable(
+                psi_pb2.FetchTableRequest(
+                    dataset_id=dataset,
+                    key_epoch=epoch,
+                    since_version=since,
+                    purpose_code=purpose,
+                    legal_basis_ref=legal_basis_ref,
+                )
+            )
+            header, payload = None, bytearray()
+            for chunk in stream:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                    continue
+                if header is None or len(payload) + len(chunk.data) > header.total_bytes:
+                    raise NodeError(node, None, "table stream broke the wire contract")
+                payload += chunk.data
+            if header is None or len(payload) != header.total_bytes:
+                raise NodeError(node, None, "table stream ended early")
+            if hashlib.sha256(payload).digest() != header.sha256:
+                raise NodeError(node, None, "table payload does not match its SHA-256")
+            return header, bytes(payload)
+
+        header, payload = self.call(node, fetch)
+        self.record(
+            node,
+            {
+                "event": "table_fetched",
+                "dataset": dataset,
+                "purpose": purpose,
+                "legal_basis_ref": legal_basis_ref,
+                "key_epoch": header.key_epoch,
+                "table_version": header.version,
+                "base_version": header.base_version,
+                "bytes": len(payload),
+            },
+        )
+        if header.version == since and held is not None:
+            return held, len(payload)
+        if header.base_version:
+            if held is None or header.base_version != since:
+                raise NodeError(node, None, "node sent a delta from a version this client lacks")
+            table = apply(held, Delta.from_bytes(payload, f"{node}/{dataset} delta"))
+        else:
+            table = Table.from_bytes(payload, f"{node}/{dataset} table")
+        folder.mkdir(parents=True, exist_ok=True)
+        table.save(path)
+        return Table.load(path), len(payload)
+
+
+def write_matches(path: Path, results: Sequence[QueryResult]) -> int:
+    """Matched records as CSV, one row per record; returns the number of rows."""
+    rows = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(MATCH_COLUMNS)
+            for result in results:
+                for identifier, label in result.matches:
+                    for r in label.records:
+                        writer.writerow(
+                            (
+                                identifier,
+                                r.status,
+                                r.start or "",
+                                r.end or "",
+                                r.disability_grade or "",
+                                r.disability_kind or "",
+                                r.handle.hex() if r.handle else "",
+                                result.node,
+                                result.dataset,
+                                result.epoch,
+                                result.table_version,
+                            )
+                        )
+                        rows += 1
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    return rows

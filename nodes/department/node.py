@@ -1,0 +1,430 @@
+"""The department node: a gRPC server answering labelled-PSI queries over mutual TLS.
+
+Every call is tied to the caller's verified certificate name. A session is opened for one dataset,
+purpose and element count; the count is charged against the client's budgets before anything is
+evaluated, and the node then evaluates at most that many elements. The node logs events with
+counts only: it never writes a query element, blinded or not, anywhere. The checks are shared with
+the statistics service (``nodes.department.service``), which ``start_node`` serves on the same
+server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nodes.department.accountability import AccountabilityServicer
+from nodes.department.budgets import Budgets
+from nodes.department.service import (
+    SESSION_SECONDS,
+    NodeService,
+    Problem,
+    chunk_problem,
+    outcome,
+    peer_field,
+    timestamp,
+)
+from nodes.department.state import NodeState
+from nodes.department.statistics import STATISTICS_SERVICE, StatisticsServicer, statistics_offer
+from nodes.shared.audit.log import AuditLog, open_party_log
+from nodes.shared.audit.receipts import receipt_fields, sign_receipt
+from nodes.shared.config import NodeConfig
+from nodes.shared.tls import Peer, server_credentials
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2_grpc
+from protocols.limits import (
+    ELEMENTS_PER_CHUNK,
+    GRPC_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    TABLE_CHUNK_BYTES,
+)
+from psi.errors import CryptoError, InputError
+from psi.oprf import KeyPair
+from psi.table import FORMAT as TABLE_FORMAT
+from psi.table import Delta, Table
+
+SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
+
+log = logging.getLogger("kinlink.node")
+
+
+@dataclass
+class _Session:
+    id: str
+    client: Peer
+    dataset: str
+    purpose: str
+    legal_basis_ref: str
+    epoch: int
+    table_version: int
+    key: KeyPair = field(repr=False)
+    declared: int
+    opened: float
+    expires: float
+    evaluated: int = 0
+    chunks: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    transcript: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
+
+
+class DepartmentNode(
+    NodeService[_Session], AccountabilityServicer, psi_pb2_grpc.DepartmentNodeServicer
+):
+    # -- the service ----------------------------------------------------------------------------
+    def GetCatalogue(self, request, context):
+        peer = self._peer(context)
+        datasets = []
+        for dataset in self.config.datasets.values():
+            grant = self._grant_for(peer.common_name, dataset.id)
+            if grant is None or (request.dataset_ids and dataset.id not in request.dataset_ids):
+                continue
+            try:
+                epoch = self.state.keyring().current(dataset.id)[0]
+            except InputError:
+                epoch = 0
+            version = self.state.latest(dataset.id, epoch, grant.fields) if epoch else 0
+            size = 0
+            if version:
+                size = Table.load(
+                    self.state.table_path(dataset.id, epoch, grant.fields, version)
+                ).header.count
+            datasets.append(
+                psi_pb2.Dataset(
+                    dataset_id=dataset.id,
+                    title=dataset.title,
+                    status_codes=dataset.statuses,
+                    label_fields=sorted(grant.fields),
+                    legal_basis=dataset.legal_basis,
+                    update_frequency=dataset.update_frequency,
+                    responsible_unit=dataset.responsible_unit,
+                    key_epoch=epoch,
+                    table_version=version,
+                    table_size=size,
+                    allowed_purposes=grant.purposes,
+                    suites=[self.state.oprf.suite.name],
+                    statistics=statistics_offer(dataset.statistics, grant),
+                )
+            )
+        return psi_pb2.Catalogue(
+            node_id=self.config.id,
+            protocol_versions=SUPPORTED_PROTOCOL_VERSIONS,
+            datasets=datasets,
+            catalogue_version=self.registry.catalogue_version(),
+            audit_public_key=self.audit.public_key_pem,
+        )
+
+    def OpenSession(self, request, context):
+        peer = self._peer(context)
+        event = self._checked(
+            context,
+            peer,
+            dataset=request.dataset_id,
+            purpose=request.purpose_code,
+            legal_basis_ref=request.legal_basis_ref,
+        )
+        event["declared"] = request.element_count
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
+        self._version(context, request.protocol_version, event)
+        if request.suite != self.state.oprf.suite.name:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ciphersuite {request.suite!r} is not offered; offered: "
+                f"{self.state.oprf.suite.name}",
+                event,
+            )
+        if request.element_count < 1:
+            self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "element_count must be at least 1", event
+            )
+        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch, event)
+        event["key_epoch"] = epoch
+        version = self.state.latest(request.dataset_id, epoch, grant.fields)
+        self._charge(context, peer, request.dataset_id, epoch, request.element_count, grant, event)
+        now = time.time()
+        session = _Session(
+            secrets.token_urlsafe(24),
+            peer,
+            request.dataset_id,
+            request.purpose_code,
+            request.legal_basis_ref,
+            epoch,
+            version,
+            key,
+            request.element_count,
+            now,
+            now + SESSION_SECONDS,
+        )
+        with self._lock:
+            self._sessions[session.id] = session
+        limit = {"limit": grant.limits.per_session} if grant.limits.per_session else {}
+        self._record(
+            {
+                **event,
+                **limit,
+                "event": "session_opened",
+                "session_id": session.id,
+                "table_version": version,
+            }
+        )
+        return psi_pb2.Session(
+            session_id=session.id,
+            dataset_id=session.dataset,
+            key_epoch=epoch,
+            suite=self.state.oprf.suite.name,
+            table_version=version,
+            max_elements_per_chunk=ELEMENTS_PER_CHUNK,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            expires_at=timestamp(session.expires),
+            protocol_version=request.protocol_version,
+            element_count=session.declared,
+        )
+
+    def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
+        peer = self._peer(context)
+        session: _Session | None = None
+        problem: tuple[grpc.StatusCode, str] | None = None
+        try:
+            for expected, chunk in enumerate(request_iterator):
+                if session is None:
+                    session = self._session(context, chunk.session_id, peer)
+                with session.lock:  # check and count under one lock: streams may race
+                    problem = self._chunk_problem(session, chunk, expected)
+                    if problem:
+                        break
+                    session.evaluated += chunk.count
+                    session.chunks += 1
+                blinded = np.frombuffer(chunk.elements, dtype=np.uint8).reshape(
+                    -1, self.state.oprf.suite.element_size
+                )
+                try:
+                    evaluated = self.state.oprf.blind_evaluate_batch(session.key.sk, blinded)
+                except CryptoError as exc:
+                    problem = (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"chunk {chunk.sequence}: {exc}; nothing in it was evaluated",
+                    )
+                    break
+                answer = evaluated.tobytes()
+                with session.lock:
+                    session.transcript.update(
+                        chunk.sequence.to_bytes(8, "big") + chunk.elements + answer
+                    )
+                yield psi_pb2.EvaluatedChunk(
+                    sequence=chunk.sequence, count=chunk.count, elements=answer
+                )
+        finally:
+            if session is not None:
+                self._record(
+                    {
+                        "event": "elements_evaluated",
+                        "peer": peer_field(peer),
+                        "session_id": session.id,
+                        "dataset": session.dataset,
+                        "evaluated": session.evaluated,
+                        "chunks": session.chunks,
+                        **outcome(problem),
+                    }
+                )
+        if problem:
+            context.abort(*problem)
+
+    def _chunk_problem(self, session: _Session, chunk, expected: int) -> Problem | None:
+        """Why a chunk breaks the session's contract, or None."""
+        return chunk_problem(
+            session.id,
+            chunk,
+            expected,
+            width=self.state.oprf.suite.element_size,
+            per_chunk=ELEMENTS_PER_CHUNK,
+            done=session.evaluated,
+            declared=session.declared,
+        )
+
+    def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
+        peer = self._peer(context)
+        event = self._checked(
+            context,
+            peer,
+            dataset=request.dataset_id,
+            purpose=request.purpose_code,
+            legal_basis_ref=request.legal_basis_ref,
+        )
+        grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
+        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, event)
+        latest = self.state.latest(request.dataset_id, epoch, grant.fields)
+        if not latest:
+            self._refuse(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataset {request.dataset_id!r} has no table for epoch {epoch} yet",
+                event,
+            )
+        base = request.since_version
+        if base >= latest or base not in self.state.versions(
+            request.dataset_id, epoch, grant.fields
+        ):
+            base = 0 if base < latest else latest
+        if base == latest:
+            path, payload = None, None
+        elif base:
+            path = self.state.delta_path(request.dataset_id, epoch, grant.fields, base, latest)
+            payload = Delta.load(path)
+        else:
+            path = self.state.table_path(request.dataset_id, epoch, grant.fields, latest)
+            payload = Table.load(path)
+        size = path.stat().st_size if path else 0
+        digest = _sha256(path) if path else hashlib.sha256().digest()
+        header = payload.header if payload is not None else None
+        yield psi_pb2.TableChunk(
+            header=psi_pb2.TableHeader(
+                format_version=TABLE_FORMAT,
+                dataset_id=request.dataset_id,
+                key_epoch=epoch,
+                version=latest,
+                base_version=base,
+                entry_count=(header.added if isinstance(payload, Delta) else header.count)
+                if header
+                else 0,
+                label_size=header.label_size if header else 0,
+                total_bytes=size,
+                sha256=digest,
+                suite=self.state.oprf.suite.name,
+            )
+        )
+        if path:
+            with open(path, "rb") as handle:
+                while data := handle.read(TABLE_CHUNK_BYTES):
+                    yield psi_pb2.TableChunk(data=data)
+        self._record(
+            {
+                **event,
+                "event": "table_fetched",
+                "key_epoch": epoch,
+                "table_version": latest,
+                "base_version": base,
+                "bytes": size,
+            }
+        )
+
+    def CloseSession(self, request, context):
+        peer = self._peer(context)
+        session = self._session(context, request.session_id, peer)
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        receipt = psi_pb2.SessionReceipt(
+            session_id=session.id,
+            node_id=self.config.id,
+            client_id=peer.common_name,
+            dataset_id=session.dataset,
+            purpose_code=session.purpose,
+            legal_basis_ref=session.legal_basis_ref,
+            key_epoch=session.epoch,
+            table_version=session.table_version,
+            elements_declared=session.declared,
+            elements_evaluated=session.evaluated,
+            chunks_evaluated=session.chunks,
+            opened_at=timestamp(session.opened),
+            closed_at=timestamp(time.time()),
+            transcript_hash=session.transcript.digest(),
+        )
+        self._record(
+            {
+                "event": "receipt_issued",
+                **receipt_fields(receipt),
+                "peer": peer_field(peer),
+                "outcome": "ok",
+            }
+        )
+        sign_receipt(receipt, self.audit, self.audit.sign_tree_head())
+        return receipt
+
+
+def _sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+@dataclass
+class RunningNode:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    state: NodeState
+    budgets: Budgets
+    audit: AuditLog
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def refresh_health(self) -> None:
+        """SERVING for the node; per dataset, SERVING once its tables are built."""
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for dataset in self.state.config.datasets:
+            built = self.state.is_built(dataset)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if built
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self.health.set(dataset, status)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.stop_event.set()
+        self.server.stop(grace).wait()
+        self.budgets.close()
+        self.audit.close()
+
+
+def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
+    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``)."""
+    state = NodeState(config, passphrase)
+    state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
+    config.state.mkdir(parents=True, exist_ok=True)
+    budgets = Budgets(config.state / "budgets.sqlite")
+    audit = open_party_log(config.state, config.id)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    psi_pb2_grpc.add_DepartmentNodeServicer_to_server(
+        DepartmentNode(config, state, budgets, audit), server
+    )
+    stats_pb2_grpc.add_StatisticsServicer_to_server(
+        StatisticsServicer(config, state, budgets, audit), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE,
+            STATISTICS_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_secure_port(config.listen, server_credentials(config.tls))
+    if port == 0:
+        raise InputError(f"cannot listen on {config.listen}")
+    server.start()
+    node = RunningNode(server, port, health_servicer, state, budgets, audit)
+    node.refresh_health()
+
+    def watch() -> None:  # pick up builds and rotations made by other processes
+        while not node.stop_event.wait(2.0):
+            node.refresh_health()
+
+    threading.Thread(target=watch, name="kinlink-health", daemon=True).start()
+    log.info("node %s serving on port %d", config.id, port)
+    return node

@@ -1,0 +1,261 @@
+"""What every query service of a node checks and records, whatever it computes: the caller's
+certificate, its grant and purpose on the dataset, the protocol version, the budgets, free text
+that must not carry an identifier, and the session it names; refusals and events go to the audit
+log with counts and names only.
+
+The labelled-PSI service (``nodes.department.node.DepartmentNode``) and the statistics service
+(``nodes.department.statistics.StatisticsServicer``) inherit it, so both refuse alike, charge the
+same budgets and write the same log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nodes.department.budgets import BudgetExceeded, Budgets
+from nodes.department.build import server_key
+from nodes.department.state import NodeState
+from nodes.shared.accountability import request_hint
+from nodes.shared.audit.log import AuditLog, check_entry
+from nodes.shared.config import Grant, NodeConfig
+from nodes.shared.tls import Peer, peer_identity
+from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
+from psi.errors import InputError
+from psi.keys import KeyRingError
+from psi.oprf import KeyPair
+
+SESSION_SECONDS = 3600
+
+log = logging.getLogger("kinlink.node")
+
+
+class _Owned(Protocol):
+    client: Peer
+    expires: float
+
+
+S = TypeVar("S", bound=_Owned)
+
+
+Problem = tuple[grpc.StatusCode, str]
+
+
+def chunk_problem(
+    session_id: str, chunk, expected: int, *, width: int, per_chunk: int, done: int, declared: int
+) -> Problem | None:
+    """Why a chunk of elements (``session_id``, ``sequence``, ``count``, ``elements``) breaks a
+    session's contract, or None: another session, out of order, too many elements, bytes that
+    are not ``count`` elements of ``width``, or more than the session declared."""
+    if chunk.session_id and chunk.session_id != session_id:
+        return grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session"
+    if chunk.sequence != expected:
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"chunk sequence {chunk.sequence} out of order; expected {expected}",
+        )
+    if chunk.count > per_chunk:
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"chunk of {chunk.count} elements; at most {per_chunk}",
+        )
+    if len(chunk.elements) != chunk.count * width:
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"chunk {chunk.sequence}: {len(chunk.elements)} bytes for {chunk.count} "
+            f"elements of {width} bytes",
+        )
+    if done + chunk.count > declared:
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the session declared {declared} elements; {done + chunk.count} sent",
+        )
+    return None
+
+
+def outcome(problem: Problem | None) -> dict:
+    """How a call ended, for its log entry."""
+    if problem is None:
+        return {"outcome": "ok"}
+    return {"outcome": problem[0].name.lower(), "reason": problem[1]}
+
+
+def peer_field(peer: Peer) -> dict:
+    return {"cn": peer.common_name, "fingerprint": peer.fingerprint}
+
+
+def timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class NodeService(Generic[S]):
+    """Checks shared by a node's services; ``S`` is the service's session type."""
+
+    def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets, audit: AuditLog):
+        self.config, self.state, self.budgets, self.audit = config, state, budgets, audit
+        self.registry = state.registry
+        self._sessions: dict[str, S] = {}
+        self._lock = threading.Lock()
+
+    def _peer(self, context: grpc.ServicerContext) -> Peer:
+        peer = peer_identity(context)
+        if peer is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a federation client certificate is required"
+            )
+        return peer
+
+    def _record(self, event: dict) -> None:
+        """Append to the audit log (counts and names only) and mirror a line to the node log."""
+        self.audit.append(event)
+        counts = " ".join(f"{k}={v}" for k, v in event.items() if isinstance(v, int))
+        log.info(
+            "%s client=%s dataset=%s %s",
+            event["event"],
+            event.get("peer", {}).get("cn"),
+            event.get("dataset", "-"),
+            counts,
+        )
+
+    def _refuse(self, context, code: grpc.StatusCode, message: str, event: dict) -> None:
+        """Log a refusal with its reason, then end the call with ``code``."""
+        self._record(
+            {**event, "event": "session_refused", "outcome": code.name.lower(), "reason": message}
+        )
+        context.abort(code, message)
+
+    def _checked(self, context, peer: Peer, **text: str) -> dict:
+        """The caller's free-text fields as an audit event base; text that looks like an
+        identity number is refused before it could reach any log."""
+        event = {"peer": peer_field(peer), **{k: v for k, v in text.items() if v}}
+        try:
+            check_entry({"event": "session_opened", **event}, stored=False)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request refused: {exc}")
+        return event
+
+    def _grant_for(self, client: str, dataset: str) -> Grant | None:
+        """The grant in force: node.toml's, or a later approval (nodes.department.registry)."""
+        return self.registry.grant(self.config, client, dataset)
+
+    def _grant(
+        self,
+        context,
+        peer: Peer,
+        dataset: str,
+        purpose: str,
+        event: dict,
+        protocol: str | None = None,
+    ) -> Grant:
+        """The client's grant on ``dataset`` for ``purpose``. A statistics ``protocol`` must be
+        one the dataset offers, under a purpose it reserves for statistics; a labelled query
+        (``protocol`` None) may not use such a purpose, so that a client granted statistics
+        only never receives a match."""
+        if dataset not in self.config.datasets:
+            self._refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"node {self.config.id!r} has no dataset {dataset!r}; "
+                "see GetCatalogue for what it serves",
+                event,
+            )
+        grant = self._grant_for(peer.common_name, dataset)
+        if grant is None:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client {peer.common_name!r} is not granted dataset {dataset!r} on "
+                f"node {self.config.id!r}; {request_hint(self.config.id, dataset, purpose)}",
+                event,
+            )
+        if purpose not in grant.purposes:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"purpose {purpose!r} is not granted to {peer.common_name!r} on dataset "
+                f"{dataset!r}; granted: {', '.join(grant.purposes)}; "
+                + request_hint(self.config.id, dataset, purpose),
+                event,
+            )
+        policy = self.config.datasets[dataset].statistics
+        reserved = policy.purposes if policy.protocols else ()
+        if protocol is None and purpose in reserved:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"purpose {purpose!r} is for statistics only on dataset {dataset!r} "
+                "(psi stats); a labelled query needs another purpose",
+                event,
+            )
+        if protocol is not None and protocol not in policy.protocols:
+            offered = ", ".join(policy.protocols) or "none"
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"dataset {dataset!r} on node {self.config.id!r} does not allow the statistics "
+                f"protocol {protocol!r}; it allows: {offered}",
+                event,
+            )
+        if protocol is not None and purpose not in reserved:
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"purpose {purpose!r} is not a statistics purpose on dataset {dataset!r}; "
+                f"statistics purposes: {', '.join(reserved)}; "
+                + request_hint(self.config.id, dataset, reserved[0]),
+                event,
+            )
+        return grant
+
+    def _version(self, context, version: int, event: dict) -> None:
+        if version not in SUPPORTED_PROTOCOL_VERSIONS:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {version} is not spoken here; node "
+                f"speaks {', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}",
+                event,
+            )
+
+    def _epoch(self, context, dataset: str, asked: int, event: dict) -> tuple[int, KeyPair]:
+        try:
+            ring = self.state.keyring()
+            epoch = asked or ring.current(dataset)[0]
+            return epoch, server_key(self.state.oprf, ring, dataset, epoch)
+        except KeyRingError as exc:
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc), event)
+        except InputError as exc:
+            self._refuse(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataset {dataset!r} is not built: {exc}",
+                event,
+            )
+
+    def _charge(
+        self, context, peer: Peer, dataset: str, epoch: int, count: int, grant: Grant, event: dict
+    ) -> None:
+        """Charge ``count`` elements against the client's budgets on the dataset, durably,
+        before anything is computed for them; or refuse."""
+        try:
+            self.budgets.charge(peer.common_name, dataset, epoch, count, grant.limits)
+        except BudgetExceeded as exc:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), event)
+
+    def _session(self, context, session_id: str, peer: Peer) -> S:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.client.fingerprint != peer.fingerprint:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such open session for this client")
+        if time.time() > session.expires:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the session expired; open a new one"
+            )
+        return session

@@ -1,0 +1,256 @@
+"""A node's state folder: the sealed key ring, tables and deltas, output caches, budgets.
+
+Layout (under ``[node] state``)::
+
+    keyring.kin                                   sealed key ring (psi.keys)
+    budgets.sqlite                                query budgets (nodes.department.budgets)
+    registry.sqlite                               access requests, approved grants, disputes
+    <dataset>/rejects.csv                         bad register rows of the last build (masked)
+    <dataset>/e<epoch>/outputs.bin                OPRF outputs of the register (resumable builds)
+    <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
+    <dataset>/e<epoch>/<profile>/v000001-v000002.delta
+
+A profile is the set of label fields a grant allows; each gets its own table so that fields a
+client may not see are never encrypted for it. Rotation retires an epoch and deletes its folder:
+the seed is gone, so nothing in it could be used again anyway.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.department.build import build_dataset_table
+from nodes.department.register import Register, csv_rows, read_rows, sql_rows
+from nodes.department.registry import Registry
+from nodes.shared.audit.log import open_party_log
+from nodes.shared.cache import OutputCache
+from nodes.shared.config import DatasetConfig, NodeConfig
+from psi.errors import InputError
+from psi.ids import write_rejects
+from psi.keys import KeyRing
+from psi.oprf import Oprf
+from psi.table import Delta, Table, diff
+
+Progress = Callable[[int], None]
+
+
+def profile_name(fields: frozenset[str]) -> str:
+    return "+".join(sorted(fields))
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    dataset: str
+    epoch: int
+    profile: str
+    version: int  # the version now current (unchanged when nothing changed)
+    entries: int
+    evaluated: int  # OPRF evaluations this build needed (the rest came from the cache)
+    added: int
+    removed: int
+    published: bool
+
+
+class NodeState:
+    """Everything a node keeps on disk. Safe to share between server threads; a build can run in
+    another process while a server reads (files are replaced atomically)."""
+
+    def __init__(self, config: NodeConfig, passphrase: bytes, oprf: Oprf | None = None):
+        self.config = config
+        self.root = config.state
+        self.oprf = oprf or Oprf()
+        self._passphrase = passphrase
+        self._lock = threading.Lock()
+        self._keyring: tuple[float, KeyRing] | None = None
+        self.registry = Registry(self.root)
+
+    # -- key ring ---------------------------------------------------------------------------------
+    @property
+    def keyring_path(self) -> Path:
+        return self.root / "keyring.kin"
+
+    def keyring(self) -> KeyRing:
+        """The key ring, reloaded when another process (build, rotate) replaced the file."""
+        with self._lock:
+            try:
+                mtime = self.keyring_path.stat().st_mtime
+            except FileNotFoundError:
+                raise InputError(
+                    f"no key ring in {self.root}: run `psi node build --config "
+                    f"{self.config.path}` first"
+                ) from None
+            if self._keyring is None or self._keyring[0] != mtime:
+                self._keyring = (mtime, KeyRing.load(self.keyring_path, self._passphrase))
+            return self._keyring[1]
+
+    def _writable_keyring(self) -> KeyRing:
+        """The key ring for changing, created on first use with every configured dataset."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        ring = self.keyring() if self.keyring_path.exists() else KeyRing()
+        for dataset in self.config.datasets:
+            if dataset not in ring.datasets():
+                ring.add_dataset(dataset)
+        return ring
+
+    def _save_keyring(self, ring: KeyRing) -> None:
+        ring.save(self.keyring_path, self._passphrase)
+        with self._lock:
+            self._keyring = None
+
+    def _audit(self, event: dict) -> None:
+        """Record a change to what the node serves in its audit log."""
+        with open_party_log(self.root, self.config.id) as audit:
+            audit.append(event)
+
+    # -- tables -----------------------------------------------------------------------------------
+    def folder(self, dataset: str, epoch: int, fields: frozenset[str]) -> Path:
+        return self.root / dataset / f"e{epoch}" / profile_name(fields)
+
+    def versions(self, dataset: str, epoch: int, fields: frozenset[str]) -> list[int]:
+        folder = self.folder(dataset, epoch, fields)
+        return sorted(int(p.stem[1:]) for p in folder.glob("v*.table")) if folder.is_dir() else []
+
+    def latest(self, dataset: str, epoch: int, fields: frozenset[str]) -> int:
+        """The current table version, 0 when none is built."""
+        versions = self.versions(dataset, epoch, fields)
+        return versions[-1] if versions else 0
+
+    def table_path(self, dataset: str, epoch: int, fields: frozenset[str], version: int) -> Path:
+        return self.folder(dataset, epoch, fields) / f"v{version:06d}.table"
+
+    def delta_path(
+        self, dataset: str, epoch: int, fields: frozenset[str], base: int, version: int
+    ) -> Path:
+        """The delta file from ``base`` to ``version``, made (and kept) on first request."""
+        path = self._delta_file(dataset, epoch, fields, base, version)
+        if not path.exists():
+            old = Table.load(self.table_path(dataset, epoch, fields, base))
+            new = Table.load(self.table_path(dataset, epoch, fields, version))
+            diff(old, new).save(path)
+        return path
+
+    def _delta_file(
+        self, dataset: str, epoch: int, fields: frozenset[str], base: int, version: int
+    ) -> Path:
+        return self.folder(dataset, epoch, fields) / f"v{base:06d}-v{version:06d}.delta"
+
+    def is_built(self, dataset: str) -> bool:
+        """Every profile of the dataset has a table for the current epoch."""
+        try:
+            epoch, _ = self.keyring().current(dataset)
+        except InputError:
+            return False
+        profiles = self.registry.profiles(self.config, dataset)
+        return all(self.latest(dataset, epoch, f) for f in profiles)
+
+    # -- building and rotating --------------------------------------------------------------------
+    def read_register(self, dataset: DatasetConfig) -> Register:
+        if dataset.csv is not None:
+            return read_rows(csv_rows(dataset.csv, dataset.columns), str(dataset.csv))
+        assert dataset.url is not None and dataset.query is not None
+        rows = sql_rows(dataset.url, dataset.query, dataset.columns)
+        return read_rows(rows, f"{dataset.id} query")
+
+    def served_register(self, dataset_id: str, ring: KeyRing | None = None) -> Register:
+        """The register as the node serves it, in tables and statistics alike: without the
+        records withdrawn by a dispute."""
+        ring = ring or self.keyring()
+        return self.registry.without_withdrawn(
+            dataset_id,
+            self.read_register(self.config.datasets[dataset_id]),
+            ring.handle_key(dataset_id),
+        )
+
+    def build(self, dataset_id: str, progress: Progress | None = None) -> list[BuildReport]:
+        """(Re)build every profile's table of a dataset for the current epoch. Only people not
+        evaluated before are evaluated; a version is published only when something changed."""
+        ring = self._writable_keyring()
+        self._save_keyring(ring)
+        register = self.served_register(dataset_id, ring)
+        (self.root / dataset_id).mkdir(parents=True, exist_ok=True)
+        write_rejects(self.root / dataset_id / "rejects.csv", register.rejects)
+        epoch, _ = ring.current(dataset_id)
+        epoch_dir = self.root / dataset_id / f"e{epoch}"
+        epoch_dir.mkdir(parents=True, exist_ok=True)
+        cache = OutputCache(epoch_dir / "outputs.bin", ring.handle_key(dataset_id))
+        reports = []
+        profiles = self.registry.profiles(self.config, dataset_id)
+        for fields in sorted(profiles, key=profile_name):
+            reports.append(
+                self._build_profile(register, ring, dataset_id, epoch, fields, cache, progress)
+            )
+            progress = None  # the evaluations happen once; later profiles hit the cache
+        return reports
+
+    def _build_profile(
+        self,
+        register: Register,
+        ring: KeyRing,
+        dataset: str,
+        epoch: int,
+        fields: frozenset[str],
+        cache: OutputCache,
+        progress: Progress | None,
+    ) -> BuildReport:
+        latest = self.latest(dataset, epoch, fields)
+        previous = Table.load(self.table_path(dataset, epoch, fields, latest)) if latest else None
+        table, evaluated = build_dataset_table(
+            register,
+            ring,
+            dataset,
+            oprf=self.oprf,
+            fields=fields,
+            version=latest + 1,
+            previous=previous,
+            cache=cache,
+            progress=progress,
+        )
+        delta: Delta | None = diff(previous, table) if previous is not None else None
+        changed = delta is None or delta.header.added or delta.header.removed
+        if changed:
+            self._audit(
+                {
+                    "event": "catalogue_changed",
+                    "dataset": dataset,
+                    "key_epoch": epoch,
+                    "table_version": latest + 1,
+                    "outcome": "published",
+                    "detail": f"profile {profile_name(fields)}",
+                }
+            )
+            self.folder(dataset, epoch, fields).mkdir(parents=True, exist_ok=True)
+            table.save(self.table_path(dataset, epoch, fields, latest + 1))
+            if delta is not None:
+                delta.save(self._delta_file(dataset, epoch, fields, latest, latest + 1))
+        return BuildReport(
+            dataset,
+            epoch,
+            profile_name(fields),
+            latest + 1 if changed else latest,
+            len(table),
+            evaluated,
+            delta.header.added if delta else len(table),
+            delta.header.removed if delta else 0,
+            bool(changed),
+        )
+
+    def rotate(self, dataset_id: str) -> int:
+        """Start a new key epoch for a dataset; the retired epoch's files are deleted."""
+        ring = self._writable_keyring()
+        old, _ = ring.current(dataset_id)
+        epoch = ring.rotate(dataset_id)
+        self._save_keyring(ring)
+        self._audit(
+            {
+                "event": "key_rotated",
+                "dataset": dataset_id,
+                "key_epoch": epoch,
+                "detail": f"epoch {old} retired",
+            }
+        )
+        shutil.rmtree(self.root / dataset_id / f"e{old}", ignore_errors=True)
+        return epoch

@@ -1,0 +1,313 @@
+"""Node and federation configuration files (TOML), checked on load with precise messages.
+
+``node.toml`` says what a department serves and to whom::
+
+    [node]
+    id = "prison"                      # the node's certificate name
+    listen = "127.0.0.1:7443"
+    state = "state"                    # key ring, tables, budgets, log (relative to this file)
+    tls = { ca = "certs/ca.pem", cert = "certs/prison.pem", key = "certs/prison-key.pem" }
+
+    [datasets.prison]
+    title = "Persons serving a prison sentence"
+    csv = "prison.csv"                 # or: url = "sqlite:///prison.db" and query = "SELECT ..."
+    columns = { id_number = "sfzh" }   # canonical name -> source column, where they differ
+    statuses = ["imprisoned"]
+    legal_basis = "..."
+    update_frequency = "P1M"
+    responsible_unit = "..."
+
+    [datasets.prison.statistics]       # optional: aggregate statistics (docs/statistics.md)
+    protocols = ["cardinality", "intersection_sum", "grouped_sum"]   # default: none
+    purposes = ["statistics"]          # purposes for statistics only (labelled queries refuse them)
+    min_elements = 100                 # the smallest set a client may ask about
+    max_groups = 16                    # counters per grouped sum
+    min_key_bits = 2048                # clients' Paillier keys (lower only for tests, >= 1024)
+
+    [[grants]]                         # who may query what, for which purposes, seeing which fields
+    client = "civil-affairs"
+    datasets = ["prison"]
+    purposes = ["screening"]
+    fields = ["status", "start", "end", "handle"]
+    per_session = 200000
+    per_day = 500000
+    per_epoch = 2000000
+
+``federation.toml`` is civil affairs' view: its identity and certificate, the nodes it may call::
+
+    [client]
+    id = "civil-affairs"
+    tls = { ca = "certs/ca.pem", cert = "certs/civil-affairs.pem", key = "..." }
+    cache = "cache"
+
+    [nodes.prison]
+    address = "127.0.0.1:7443"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodes.shared.tls import TlsFiles
+from psi.errors import InputError, Source
+from psi.labels import FIELDS, STATUS_CODES
+from psi.paillier import MIN_GENERATE_BITS, MIN_KEY_BITS
+from psi.stats import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Maximum elements; ``None`` means unlimited for that window."""
+
+    per_session: int | None = None
+    per_day: int | None = None
+    per_epoch: int | None = None
+
+
+STATISTICS_PURPOSE = "statistics"
+
+
+@dataclass(frozen=True)
+class StatisticsPolicy:
+    """Which aggregate statistics a dataset serves (none unless its department opts in), for
+    which purposes, and the bounds that limit what repeated runs reveal (docs/statistics.md)."""
+
+    protocols: tuple[str, ...] = ()
+    purposes: tuple[str, ...] = ()  # reserved for statistics: labelled queries refuse them
+    min_elements: int = 100
+    max_groups: int = 16
+    min_key_bits: int = MIN_KEY_BITS
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    id: str
+    title: str
+    statuses: tuple[str, ...]
+    csv: Path | None = None
+    url: str | None = None
+    query: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    legal_basis: str = ""
+    update_frequency: str = ""
+    responsible_unit: str = ""
+    statistics: StatisticsPolicy = field(default_factory=StatisticsPolicy)
+
+
+@dataclass(frozen=True)
+class Grant:
+    client: str
+    datasets: tuple[str, ...]
+    purposes: tuple[str, ...]
+    fields: frozenset[str]
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    id: str
+    listen: str
+    state: Path
+    tls: TlsFiles
+    datasets: dict[str, DatasetConfig]
+    grants: tuple[Grant, ...]
+
+    def grant(self, client: str, dataset: str) -> Grant | None:
+        return next((g for g in self.grants if g.client == client and dataset in g.datasets), None)
+
+    def profiles(self, dataset: str) -> set[frozenset[str]]:
+        """The distinct label-field sets granted on a dataset: one table is built per set."""
+        return {g.fields for g in self.grants if dataset in g.datasets}
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    path: Path
+    client: str
+    tls: TlsFiles
+    cache: Path
+    nodes: dict[str, NodeAddress]
+
+    def node(self, name: str) -> NodeAddress:
+        if name not in self.nodes:
+            known = ", ".join(self.nodes) or "none"
+            raise InputError(
+                f"no node {name!r} in the federation; known: {known}", Source(str(self.path))
+            )
+        return self.nodes[name]
+
+
+class TomlReader:
+    """Typed access to a parsed TOML table with errors that name the file and the key."""
+
+    def __init__(self, path: Path, data: dict[str, Any], where: str = ""):
+        self.path, self.data, self.where = path, data, where
+
+    def fail(self, key: str, problem: str) -> InputError:
+        name = f"{self.where}.{key}" if self.where else key
+        return InputError(f"{name}: {problem}", Source(str(self.path)))
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, "missing")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise self.fail(key, f"must be a {expected}")
+        return value
+
+    def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) for v in values):
+            raise self.fail(key, "must be a list of strings")
+        return tuple(values)
+
+    def table(self, key: str, default: Any = ...) -> TomlReader:
+        sub = f"{self.where}.{key}" if self.where else key
+        return TomlReader(self.path, self.get(key, dict, default), sub)
+
+    def file(self, key: str) -> Path:
+        return (self.path.parent / self.get(key, str)).resolve()
+
+
+def load_toml(path: str | os.PathLike[str]) -> TomlReader:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the configuration: {exc.strerror}", Source(str(path))
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML: {exc}", Source(str(path))) from None
+    return TomlReader(path, data)
+
+
+def _tls(section: TomlReader) -> TlsFiles:
+    tls = section.table("tls")
+    return TlsFiles(tls.file("ca"), tls.file("cert"), tls.file("key"))
+
+
+def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
+    statuses = reader.strings("statuses")
+    unknown = [s for s in statuses if s not in STATUS_CODES]
+    if unknown:
+        raise reader.fail(
+            "statuses", f"unknown {', '.join(unknown)}; known: {', '.join(STATUS_CODES)}"
+        )
+    has_csv, has_sql = "csv" in reader.data, "url" in reader.data
+    if has_csv == has_sql:
+        raise reader.fail("csv", "give either csv = FILE or url = DATABASE-URL with query = SQL")
+    columns = reader.get("columns", dict, {})
+    if not all(isinstance(v, str) for v in columns.values()):
+        raise reader.fail("columns", "must map canonical column names to source column names")
+    return DatasetConfig(
+        id=dataset_id,
+        title=reader.get("title", str, dataset_id),
+        statuses=statuses,
+        csv=reader.file("csv") if has_csv else None,
+        url=reader.get("url", str) if has_sql else None,
+        query=reader.get("query", str) if has_sql else None,
+        columns=dict(columns),
+        legal_basis=reader.get("legal_basis", str, ""),
+        update_frequency=reader.get("update_frequency", str, ""),
+        responsible_unit=reader.get("responsible_unit", str, ""),
+        statistics=_statistics(reader.table("statistics", {})),
+    )
+
+
+_STATISTICS_FLOORS = {"min_elements": 1, "max_groups": 1, "min_key_bits": MIN_GENERATE_BITS}
+
+
+def _statistics(reader: TomlReader) -> StatisticsPolicy:
+    if not reader.data:
+        return StatisticsPolicy()
+    protocols = reader.strings("protocols")
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise reader.fail(
+            "protocols", f"unknown {', '.join(unknown)}; known: {', '.join(PROTOCOLS)}"
+        )
+    purposes = reader.strings("purposes", (STATISTICS_PURPOSE,))
+    if protocols and not purposes:
+        raise reader.fail("purposes", "name at least one purpose for the statistics")
+    bounds = {}
+    for key, least in _STATISTICS_FLOORS.items():
+        bounds[key] = reader.get(key, int, getattr(StatisticsPolicy, key))
+        if bounds[key] < least:
+            raise reader.fail(key, f"must be at least {least}")
+    return StatisticsPolicy(protocols, purposes, **bounds)
+
+
+def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
+    named = reader.strings("datasets")
+    for name in named:
+        if name not in datasets:
+            raise reader.fail("datasets", f"no dataset {name!r} in this node")
+    fields = frozenset(reader.strings("fields", ("status",))) | {"status"}
+    if fields - FIELDS:
+        raise reader.fail(
+            "fields",
+            f"unknown {', '.join(sorted(fields - FIELDS))}; known: {', '.join(sorted(FIELDS))}",
+        )
+    limits = Limits(*(reader.get(k, int, None) for k in ("per_session", "per_day", "per_epoch")))
+    return Grant(reader.get("client", str), named, reader.strings("purposes"), fields, limits)
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    root = load_toml(path)
+    node = root.table("node")
+    datasets_table = root.table("datasets")
+    datasets = {name: _dataset(datasets_table.table(name), name) for name in datasets_table.data}
+    if not datasets:
+        raise root.fail("datasets", "the node serves no dataset")
+    grants_list = root.get("grants", list, [])
+    grants = tuple(
+        _grant(TomlReader(root.path, g, f"grants[{i}]"), datasets)
+        if isinstance(g, dict)
+        else _fail_grant(root, i)
+        for i, g in enumerate(grants_list)
+    )
+    return NodeConfig(
+        path=root.path,
+        id=node.get("id", str),
+        listen=node.get("listen", str, "127.0.0.1:7443"),
+        state=(root.path.parent / node.get("state", str, "state")).resolve(),
+        tls=_tls(node),
+        datasets=datasets,
+        grants=grants,
+    )
+
+
+def _fail_grant(root: TomlReader, index: int) -> Grant:
+    raise root.fail(f"grants[{index}]", "must be a table ([[grants]])")
+
+
+def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
+    root = load_toml(path)
+    client = root.table("client")
+    nodes = root.table("nodes")
+    return FederationConfig(
+        path=root.path,
+        client=client.get("id", str),
+        tls=_tls(client),
+        cache=(root.path.parent / client.get("cache", str, "cache")).resolve(),
+        nodes={
+            name: NodeAddress(name, nodes.table(name).get("address", str)) for name in nodes.data
+        },
+    )
