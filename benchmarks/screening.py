@@ -76,7 +76,7 @@ from nodes.client.client import Client, QueryResult
 from nodes.demo.federation import LocalFederation
 from nodes.demo.synth import DEPARTMENTS, ROSTER_COLUMNS, generate_city, write_city
 from nodes.department.state import NodeState
-from nodes.shared.config import Limits
+from nodes.shared.config import PER_NODE_BLINDS, SHARED_BLINDS, Limits
 from psi.labels import REGISTER_COLUMNS
 from psi.oprf import cpu_count
 from psi.suites import DEFAULT_SUITE, get_suite
@@ -610,6 +610,12 @@ def main() -> None:
     parser.add_argument(
         "--sample-period", type=float, default=10.0, help="seconds between CPU samples"
     )
+    parser.add_argument(
+        "--blinds",
+        choices=(SHARED_BLINDS, PER_NODE_BLINDS),
+        default=SHARED_BLINDS,
+        help="the client's blinds: one for all nodes, or one per node (docs/threat-model.md)",
+    )
     parser.add_argument("--note", default="", help="free text kept in the results")
     parser.add_argument("--out", type=Path, help="results file (JSON)")
     parser.add_argument("--make-data", type=Path, help=argparse.SUPPRESS)
@@ -656,7 +662,9 @@ def main() -> None:
         registers = {d: folder / "registers" / f"{d}.csv" for d in DEPARTMENTS}
         for department, path in registers.items():
             shutil.copyfile(city / f"{department}.csv", path)
-        with LocalFederation(folder / "federation", registers, limits=LIMITS) as fed:
+        with LocalFederation(
+            folder / "federation", registers, limits=LIMITS, blinds=args.blinds
+        ) as fed:
             fed.setup()
             build = build_tables(fed)
             print(f"tables built in {build['wall_seconds']:.0f} s", flush=True)
@@ -738,6 +746,7 @@ def main() -> None:
     results = {
         "note": args.note,
         "children": n,
+        "blinds": args.blinds,
         "cores": cores,
         "load_wait": quiet,
         "code": version,

@@ -34,7 +34,7 @@ from nodes.shared.accountability import request_hint
 from nodes.shared.audit.log import open_party_log
 from nodes.shared.audit.receipts import ReceiptError, receipt_fields, verify_receipt
 from nodes.shared.cache import OutputCache, cache_keys
-from nodes.shared.config import FederationConfig
+from nodes.shared.config import PER_NODE_BLINDS, FederationConfig
 from nodes.shared.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
@@ -158,10 +158,10 @@ class _Answer(NamedTuple):
 
 
 class _Blinder:
-    """Blinds identifiers block by block, in a thread of its own, for every node at once: a
+    """Blinds identifiers block by block, in a thread of its own, for the nodes it serves: a
     node's stream sends each block as soon as it is ready, so the nodes evaluate while later
     blocks are blinded and earlier answers finalized. Keeps the blinded elements and the
-    blinds' inverses (one inversion per identifier, whatever the number of nodes)."""
+    blinds' inverses (one inversion per identifier, whatever the number of nodes served)."""
 
     def __init__(self, oprf: Oprf, inputs: list[bytes], progress: Progress | None):
         self.oprf, self.inputs, self.progress = oprf, inputs, progress
@@ -370,9 +370,10 @@ class Client:
         progress: Progress | None = None,
     ) -> dict[tuple[str, str], QueryResult | NodeError]:
         """The same identifiers against several (node, dataset) pairs at once. Identifiers are
-        blinded once and the same blinded elements go to every node that needs them (each node
-        sees uniformly random elements either way; see docs/threat-model.md). Blinding, the
-        nodes' evaluation and finalizing overlap block by block. A failed node's entry is its
+        blinded once and the same blinded elements go to every node that needs them, or blinded
+        afresh for each node where the federation file asks for per-node blinds (each node sees
+        uniformly random elements either way; see docs/threat-model.md). Blinding, the nodes'
+        evaluation and finalizing overlap block by block. A failed node's entry is its
         ``NodeError``, so the others' results are not lost."""
         keys = self.identifier_keys(ids)
         by_first = np.argsort(keys[:, 0])  # sorted once for every node's cache lookup
@@ -386,28 +387,22 @@ class Client:
         with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
             plans = dict(zip(requests, pool.map(plan, requests), strict=True))
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
-        union = np.unique(np.concatenate([p.fresh for p in ready] or [np.empty(0, np.intp)]))
-        blinder = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
+        blinders = self._blinders(ready, ids, progress)
 
-        def answer(plan: _Plan) -> _Answer | NodeError:
+        def answer(plan: _Plan, blinder: _Blinder, rows: np.ndarray) -> _Answer | NodeError:
             try:
                 return self._answer(
-                    plan,
-                    ids,
-                    keys,
-                    blinder,
-                    np.searchsorted(union, plan.fresh),
-                    purpose,
-                    legal_basis_ref,
-                    progress,
+                    plan, ids, keys, blinder, rows, purpose, legal_basis_ref, progress
                 )
             except NodeError as exc:
                 return exc
 
-        with ThreadPoolExecutor(max_workers=len(ready) + 1) as pool:
-            blinding = pool.submit(blinder.run)
-            answers = list(pool.map(answer, ready))
-            blinding.result()  # a blinding failure is the caller's, not a node's
+        distinct = list({id(b): b for b, _ in blinders}.values())
+        with ThreadPoolExecutor(max_workers=len(ready) + len(distinct)) as pool:
+            blinding = [pool.submit(b.run) for b in distinct]
+            answers = list(pool.map(answer, ready, *zip(*blinders, strict=True)))
+            for done in blinding:
+                done.result()  # a blinding failure is the caller's, not a node's
         # Labels are opened after every stream has ended (by the caller, when asked for): opening
         # holds the GIL, and run beside the streams it held up each libsodium call of the
         # others' finalizing.
@@ -442,6 +437,26 @@ class Client:
         return _Plan(
             node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
         )
+
+    def _blinders(
+        self, plans: Sequence[_Plan], ids: Sequence[str], progress: Progress | None
+    ) -> list[tuple[_Blinder, np.ndarray]]:
+        """For each plan, its blinder and the rows of the blinder holding its fresh identifiers:
+        one blinder over the union for every node, or one of its own per node (per-node blinds;
+        the progress bar follows the first, the blinding of one node's identifiers)."""
+        if self.config.blinds == PER_NODE_BLINDS:
+            return [
+                (
+                    _Blinder(
+                        self.oprf, [ids[i].encode() for i in p.fresh], None if n else progress
+                    ),
+                    np.arange(len(p.fresh)),
+                )
+                for n, p in enumerate(plans)
+            ]
+        union = np.unique(np.concatenate([p.fresh for p in plans] or [np.empty(0, np.intp)]))
+        shared = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
+        return [(shared, np.searchsorted(union, p.fresh)) for p in plans]
 
     def _answer(
         self,

@@ -17,7 +17,13 @@ from pathlib import Path
 from nodes.demo.synth import DEPARTMENTS
 from nodes.department.state import BuildReport, NodeState
 from nodes.shared.certs import init_federation
-from nodes.shared.config import STATISTICS_PURPOSE, Limits, StatisticsPolicy, load_node_config
+from nodes.shared.config import (
+    SHARED_BLINDS,
+    STATISTICS_PURPOSE,
+    Limits,
+    StatisticsPolicy,
+    load_node_config,
+)
 from psi.errors import KinlinkError
 from psi.labels import FIELDS, STATUS_CODES
 from psi.oprf import Oprf
@@ -87,6 +93,7 @@ class LocalFederation:
     passphrase: str = DEMO_PASSPHRASE
     clients: tuple[str, ...] = (CLIENT,)
     statistics: Mapping[str, StatisticsPolicy] = field(default_factory=lambda: DEMO_STATISTICS)
+    blinds: str = SHARED_BLINDS  # the clients' federation files' [client] blinds
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -175,7 +182,7 @@ class LocalFederation:
         )
         cache = "client-cache" if client == CLIENT else f"client-cache-{client}"
         return (
-            f'[client]\nid = "{client}"\ncache = "{cache}"\n'
+            f'[client]\nid = "{client}"\ncache = "{cache}"\nblinds = "{self.blinds}"\n'
             f'tls = {{ ca = "certs/ca.pem", cert = "certs/{client}.pem", '
             f'key = "certs/{client}-key.pem" }}\n{nodes}'
         )

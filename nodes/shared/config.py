@@ -131,6 +131,9 @@ class NodeAddress:
     address: str
 
 
+SHARED_BLINDS, PER_NODE_BLINDS = "shared", "per-node"
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     path: Path
@@ -138,6 +141,10 @@ class FederationConfig:
     tls: TlsFiles
     cache: Path
     nodes: dict[str, NodeAddress]
+    # "shared": one blinded element per identifier, sent to every node (blinded once); "per-node":
+    # a fresh blind for each node, so colluding departments cannot tell they were asked about the
+    # same person (docs/threat-model.md, linkability), at one more blinding per node.
+    blinds: str = SHARED_BLINDS
 
     def node(self, name: str) -> NodeAddress:
         if name not in self.nodes:
@@ -302,6 +309,9 @@ def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
     root = load_toml(path)
     client = root.table("client")
     nodes = root.table("nodes")
+    blinds = client.get("blinds", str, SHARED_BLINDS)
+    if blinds not in (SHARED_BLINDS, PER_NODE_BLINDS):
+        raise client.fail("blinds", f'must be "{SHARED_BLINDS}" or "{PER_NODE_BLINDS}"')
     return FederationConfig(
         path=root.path,
         client=client.get("id", str),
@@ -310,4 +320,5 @@ def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
         nodes={
             name: NodeAddress(name, nodes.table(name).get("address", str)) for name in nodes.data
         },
+        blinds=blinds,
     )
