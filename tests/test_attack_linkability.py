@@ -66,7 +66,10 @@ def test_colluding_departments_link_only_shared_blinds(federation, blinds, linke
     text = fed.federation_file.read_text(encoding="utf-8")
     path = fed.root / f"federation-{blinds}.toml"
     path.write_text(
-        text.replace('cache = "client-cache"', f'cache = "cache-{blinds}"\nblinds = "{blinds}"'),
+        text.replace(
+            'cache = "client-cache"\nblinds = "shared"',
+            f'cache = "cache-{blinds}"\nblinds = "{blinds}"',
+        ),
         encoding="utf-8",
     )
     recorder = ElementsByDataset()
@@ -86,7 +89,7 @@ def test_an_unknown_blinds_choice_is_refused(federation, tmp_path):
     path = tmp_path / "federation.toml"
     path.write_text(
         fed.federation_file.read_text(encoding="utf-8").replace(
-            'cache = "client-cache"', 'cache = "c"\nblinds = "sometimes"'
+            'blinds = "shared"', 'blinds = "sometimes"'
         ),
         encoding="utf-8",
     )

@@ -398,7 +398,7 @@ class Client:
                 return exc
 
         distinct = list({id(b): b for b, _ in blinders}.values())
-        with ThreadPoolExecutor(max_workers=len(ready) + len(distinct)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(ready) + len(distinct))) as pool:
             blinding = [pool.submit(b.run) for b in distinct]
             answers = list(pool.map(answer, ready, *zip(*blinders, strict=True)))
             for done in blinding:
