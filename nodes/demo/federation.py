@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +48,13 @@ def node_toml(
     register: Path,
     *,
     limits: Limits,
-    fields=FIELDS,
+    fields: Mapping[str, Iterable[str]] | None = None,
     clients: tuple[str, ...] = (CLIENT,),
     statistics: StatisticsPolicy | None = None,
 ) -> str:
+    """A node.toml granting each of ``clients`` the dataset with its ``fields`` (default: all
+    label fields)."""
+    fields = fields or {}
     statuses = {**DEPARTMENTS, ROLL: ROLL_STATUSES}.get(department, tuple(STATUS_CODES))
     budget = "".join(
         f"{name} = {value}\n" for name, value in vars(limits).items() if value is not None
@@ -59,7 +62,8 @@ def node_toml(
     purposes = (*PURPOSES, *statistics.purposes) if statistics else PURPOSES
     grants = "".join(
         f'\n[[grants]]\nclient = "{client}"\ndatasets = ["{department}"]\n'
-        f"purposes = {_toml_list(purposes)}\nfields = {_toml_list(sorted(fields))}\n{budget}"
+        f"purposes = {_toml_list(purposes)}\n"
+        f"fields = {_toml_list(sorted(fields.get(client, FIELDS)))}\n{budget}"
         for client in clients
     )
     offer = (
@@ -92,6 +96,7 @@ class LocalFederation:
     limits: Limits = field(default_factory=lambda: Limits(10_000_000, 50_000_000, 200_000_000))
     passphrase: str = DEMO_PASSPHRASE
     clients: tuple[str, ...] = (CLIENT,)
+    fields: Mapping[str, Iterable[str]] = field(default_factory=dict)  # client -> label fields
     statistics: Mapping[str, StatisticsPolicy] = field(default_factory=lambda: DEMO_STATISTICS)
     blinds: str = SHARED_BLINDS  # the clients' federation files' [client] blinds
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -117,6 +122,7 @@ class LocalFederation:
                     department,
                     register,
                     limits=self.limits,
+                    fields=self.fields,
                     clients=self.clients,
                     statistics=self.statistics.get(department),
                 ),
