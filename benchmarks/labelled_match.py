@@ -62,7 +62,7 @@ from benchmarks.common import (
 )
 from benchmarks.data import labels, overlapping, register_rows
 from nodes.department.build import key_info
-from psi.labels import decode_label, record_handle
+from psi.labels import FIELDS, decode_label, record_handle
 from psi.oprf import Oprf, cpu_count
 from psi.table import build_table, match
 
@@ -107,7 +107,7 @@ class Phases:
 def kinlink(roster: list[str], rows, oprf: Oprf) -> tuple[Phases, set[str], dict[str, Any]]:
     """Department build then client query; the ids found and what the run sent."""
     t = Phases()
-    key = oprf.derive_key_pair(os.urandom(32), key_info(DATASET, 1))
+    key = oprf.derive_key_pair(os.urandom(32), key_info(DATASET, 1, FIELDS))
     handle_key = os.urandom(32)
     # Department: its own register, then the table.
     register = [r.id_number.encode() for r in rows]

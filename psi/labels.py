@@ -170,6 +170,13 @@ def _check_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(name for name in OPTIONAL_FIELDS if name in fields)
 
 
+def profile_name(fields: Iterable[str]) -> str:
+    """The canonical name of a field profile, a set of granted label fields (status always
+    among them), e.g. ``end+start+status``: it names the profile's tables and is bound into its
+    OPRF key (docs/tables.md)."""
+    return "+".join(sorted(("status", *_check_fields(fields))))
+
+
 _EPOCH_ORDINAL = _EPOCH.toordinal()
 
 

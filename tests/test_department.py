@@ -14,7 +14,7 @@ from nodes.department.register import csv_rows, read_rows
 from nodes.shared.cache import OutputCache
 from psi.ids import check_character
 from psi.keys import KeyRing
-from psi.labels import REGISTER_COLUMNS
+from psi.labels import FIELDS, REGISTER_COLUMNS
 from psi.matching import labelled_query
 from psi.oprf import Oprf
 from psi.table import diff
@@ -42,8 +42,8 @@ def oprf():
     return Oprf(workers=2)
 
 
-def query(oprf, keyring, table, dataset, ids):
-    key = server_key(oprf, keyring, dataset, keyring.current(dataset)[0])
+def query(oprf, keyring, table, dataset, ids, fields=FIELDS):
+    key = server_key(oprf, keyring, dataset, keyring.current(dataset)[0], fields)
     return labelled_query(
         oprf, [x.encode() for x in ids], lambda b: oprf.blind_evaluate_batch(key.sk, b), table
     )
@@ -135,7 +135,7 @@ def test_interrupted_build_resumes_and_rebuild_evaluates_only_new_people(
     monkeypatch.setattr("nodes.department.build.CACHE_CHUNK", 1000)
     keyring = KeyRing()
     keyring.add_dataset("health")
-    key = server_key(oprf, keyring, "health", 1)
+    key = server_key(oprf, keyring, "health", 1, FIELDS)
     people = [person(i) for i in range(5000)]
     cache = OutputCache(tmp_path / "outputs.bin", keyring.handle_key("health"))
 
@@ -193,10 +193,9 @@ def test_label_fields_are_removed_before_encryption(tmp_path, oprf):
     path = tmp_path / "d.csv"
     write_register(path, [[person(3), "severe_disability", "2020-01-01", "", "2", "mental", "D-1"]])
     register = read_rows(csv_rows(path, {}), "d")
-    table, _ = build_dataset_table(
-        register, keyring, "disability", oprf=oprf, fields={"status", "disability_grade"}
-    )
-    [found] = query(oprf, keyring, table, "disability", [person(3)]).found
+    fields = {"status", "disability_grade"}
+    table, _ = build_dataset_table(register, keyring, "disability", oprf=oprf, fields=fields)
+    [found] = query(oprf, keyring, table, "disability", [person(3)], fields).found
     [record] = found.label.records
     assert record.status == "severe_disability" and record.disability_grade == 2
     assert record.disability_kind is None and record.start is None and record.handle is None

@@ -392,7 +392,7 @@ def test_warm_caches_then_query_and_a_corrupt_cache_is_reported_by_the_query(
         result.evaluated == 0
         and {x for x, _ in result.matches} == expected_matches(city[0])["court"]
     )
-    [cache] = config.cache.glob("court/court/e*/derived.bin")
+    [cache] = config.cache.glob("court/court/e*/*/derived.bin")
     good = cache.read_bytes()
     try:
         cache.write_bytes(b"not a cache" * 10)

@@ -55,7 +55,9 @@ def build(args: argparse.Namespace) -> int:
     state = NodeState(config, passphrase_from_env())
     for dataset in _datasets(state, args.dataset):
         register_rows = state.read_register(config.datasets[dataset])
-        with progress(len(register_rows.people), f"{dataset}: evaluating") as advance:
+        profiles = state.registry.profiles(config, dataset)  # each evaluates under its own key
+        total = len(register_rows.people) * len(profiles)
+        with progress(total, f"{dataset}: evaluating") as advance:
             reports = state.build(dataset, progress=advance)
         rejects = state.root / dataset / "rejects.csv"
         for r in reports:

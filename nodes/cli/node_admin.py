@@ -22,12 +22,12 @@ from nodes.cli.catalog import count, describe_request
 from nodes.cli.disputes import describe_dispute
 from nodes.department.accountability import dispute_message, request_message
 from nodes.department.registry import RESOLUTIONS, DisputeRecord, Registry
-from nodes.department.state import NodeState, profile_name
+from nodes.department.state import NodeState
 from nodes.shared.accountability import check_text
 from nodes.shared.audit.log import open_party_log
 from nodes.shared.config import Limits, NodeConfig, load_node_config
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
-from psi.labels import resolve_handles
+from psi.labels import profile_name, resolve_handles
 
 AFTER_RESOLUTION = {
     "confirmed": "the record stands; nothing changes",

@@ -4,9 +4,10 @@
     result = client.query("prison", "prison", ids, purpose="screening")
     for person, label in result.matches: ...
 
-Per (node, dataset, epoch) the client keeps a copy of the node's table, updated by delta, and
-the table tag and label key derived from the OPRF output of each identifier it already asked
-about, so a rerun evaluates only identifiers it has not seen in that epoch. Several nodes are
+Per (node, dataset, epoch, field profile) the client keeps a copy of the node's table, updated by
+delta, and the table tag and label key derived from the OPRF output of each identifier it already
+asked about, so a rerun evaluates only identifiers it has not seen in that epoch. Each profile has
+its own key at the node, so a grant that changes its fields starts a new cache. Several nodes are
 queried at once, blinding, evaluation and finalizing overlapping block by block. Labels are
 opened when the caller asks for them (``QueryResult.matches`` or ``found``), so a rerun opens only
 those whose entries changed. A node that fails raises ``NodeError``: a failure never looks like an
@@ -39,7 +40,7 @@ from nodes.shared.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
 from psi.errors import InputError, KinlinkError
-from psi.labels import REGISTER_COLUMNS, Label
+from psi.labels import REGISTER_COLUMNS, Label, profile_name
 from psi.matching import Found, lookup_tags
 from psi.oprf import Oprf
 from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive, entry_fingerprints
@@ -59,9 +60,9 @@ CALL_TIMEOUT = 30.0
 # Elements per blinding block and per Evaluate message: small enough that nodes start evaluating
 # early and answers are finalized while other nodes still compute, large enough to amortise calls.
 STREAM_CHUNK = 8192
-# What the client keeps per identifier and (node, dataset, epoch): the table tag and label key
-# derived from the OPRF output (psi.table.derive), not the output itself. They do not change with
-# the table version, so a rerun matches two million identifiers without hashing any again.
+# What the client keeps per identifier and (node, dataset, epoch, profile): the table tag and label
+# key derived from the OPRF output (psi.table.derive), not the output itself. They do not change
+# with the table version, so a rerun matches two million identifiers without hashing any again.
 DERIVED_BYTES = TAG_BYTES + KEY_BYTES
 
 Progress = Callable[[int], None]
@@ -142,7 +143,7 @@ class _Plan:
     dataset: str
     epoch: int
     version: int  # negotiated protocol version
-    cache: OutputCache  # of (node, dataset, epoch); its folder holds the table copy too
+    cache: OutputCache  # of (node, dataset, epoch, profile); its folder holds the table copy
     derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
     fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
     timings: dict[str, float]
@@ -227,7 +228,7 @@ class Client:
         self._secret = secret_file.read_bytes()
         self.audit = open_party_log(config.cache, config.client)
         self._node_keys: dict[str, bytes] = {}
-        self._caches: dict[tuple[str, str, int], OutputCache] = {}
+        self._caches: dict[tuple[str, str, int, str], OutputCache] = {}
         self._lock = threading.Lock()  # over _channels and _caches
 
     def close(self) -> None:
@@ -271,12 +272,15 @@ class Client:
     def _stub(self, node: str) -> psi_pb2_grpc.DepartmentNodeStub:
         return psi_pb2_grpc.DepartmentNodeStub(self.channel(node))
 
-    def _cache(self, node: str, dataset: str, epoch: int) -> OutputCache:
-        """The derived-output cache of (node, dataset, epoch), one object per client."""
+    def _cache(self, node: str, entry: psi_pb2.Dataset) -> OutputCache:
+        """The derived-output cache of (node, dataset, epoch, field profile) of a catalogue
+        entry, one object per client: the node evaluates each profile under its own key."""
+        profile = profile_name(entry.label_fields)
         with self._lock:
-            key = (node, dataset, epoch)
+            key = (node, entry.dataset_id, entry.key_epoch, profile)
             if key not in self._caches:
-                path = self.config.cache / node / dataset / f"e{epoch}" / "derived.bin"
+                folder = self.config.cache / node / entry.dataset_id / f"e{entry.key_epoch}"
+                path = folder / profile / "derived.bin"
                 self._caches[key] = OutputCache(path, self._secret, DERIVED_BYTES)
             return self._caches[key]
 
@@ -289,7 +293,7 @@ class Client:
             try:
                 for node in self.config.nodes:
                     for entry in self.catalogue(node).datasets:
-                        cache = self._cache(node, entry.dataset_id, entry.key_epoch)
+                        cache = self._cache(node, entry)
                         if cache.path.exists():
                             cache.load()
             except Exception:  # it only saves time; the query reports any failure
@@ -431,7 +435,7 @@ class Client:
                 f"no dataset {dataset!r} for this client; offered: {offered}; "
                 + request_hint(node, dataset, purpose),
             )
-        cache = self._cache(node, dataset, entry.key_epoch)
+        cache = self._cache(node, entry)
         found, derived = cache.lookup(keys, by_first)
         timings = {"plan": time.perf_counter() - started}
         return _Plan(

@@ -1,7 +1,10 @@
-"""A department's side of one dataset: evaluate its register under the epoch key and seal labels.
+"""A department's side of one dataset: evaluate its register under a profile's key, seal labels.
 
-The expensive step is one OPRF evaluation (a scalar multiplication) per person. Outputs are kept
-in an ``OutputCache`` per epoch under the dataset's handle key, committed chunk by chunk: an
+Each field profile (the set of label fields a grant allows) has its own OPRF key, derived from the
+epoch's seed with the profile in the key info: outputs a client obtains under its grant open no
+table sealed for another profile, even one it copied (docs/tables.md). The expensive step is one
+OPRF evaluation (a scalar multiplication) per person and profile. Outputs are kept in an
+``OutputCache`` per (epoch, profile) under the dataset's handle key, committed chunk by chunk: an
 interrupted build resumes where it stopped, and a rebuild after small register changes evaluates
 only new people. With the previous table version, unchanged entries keep their sealed rows, so
 the delta between versions holds only what changed.
@@ -17,7 +20,7 @@ import numpy as np
 from nodes.department.register import Register
 from nodes.shared.cache import OutputCache
 from psi.keys import KeyRing
-from psi.labels import encode_label, record_handle
+from psi.labels import FIELDS, encode_label, profile_name, record_handle
 from psi.oprf import KeyPair, Oprf
 from psi.table import Table, build_table
 
@@ -26,14 +29,17 @@ CACHE_CHUNK = 16_384
 Progress = Callable[[int], None]
 
 
-def key_info(dataset: str, epoch: int) -> bytes:
-    """RFC 9497 DeriveKeyPair ``info``: binds a key to its dataset and epoch."""
-    return f"kinlink/{dataset}/{epoch}".encode()
+def key_info(dataset: str, epoch: int, fields: Iterable[str]) -> bytes:
+    """RFC 9497 DeriveKeyPair ``info``: binds a key to its dataset, epoch and field profile."""
+    return f"kinlink/{dataset}/{epoch}/{profile_name(fields)}".encode()
 
 
-def server_key(oprf: Oprf, keyring: KeyRing, dataset: str, epoch: int) -> KeyPair:
-    """The dataset's OPRF key for ``epoch``; a retired or unknown epoch is a clear KeyRingError."""
-    return oprf.derive_key_pair(keyring.seed(dataset, epoch), key_info(dataset, epoch))
+def server_key(
+    oprf: Oprf, keyring: KeyRing, dataset: str, epoch: int, fields: Iterable[str]
+) -> KeyPair:
+    """The OPRF key of the dataset's field profile ``fields`` for ``epoch``; a retired or unknown
+    epoch is a clear KeyRingError."""
+    return oprf.derive_key_pair(keyring.seed(dataset, epoch), key_info(dataset, epoch, fields))
 
 
 def evaluate_people(
@@ -68,21 +74,22 @@ def build_dataset_table(
     dataset: str,
     *,
     oprf: Oprf,
-    fields: Iterable[str] | None = None,
+    fields: Iterable[str] = FIELDS,
     version: int = 1,
     previous: Table | None = None,
     cache: OutputCache | None = None,
     label_size: int = 0,
     progress: Progress | None = None,
 ) -> tuple[Table, int]:
-    """The labelled table of ``register`` for the dataset's current epoch, keeping only ``fields``
-    in labels; also returns how many OPRF evaluations it took (the rest came from the cache)."""
+    """The labelled table of ``register`` for the dataset's current epoch and the field profile
+    ``fields``: under that profile's key, keeping only those fields in labels. Also returns how
+    many OPRF evaluations it took (the rest came from ``cache``, which must be the profile's)."""
     epoch, _ = keyring.current(dataset)
-    key = server_key(oprf, keyring, dataset, epoch)
+    granted = frozenset(fields)
+    key = server_key(oprf, keyring, dataset, epoch, granted)
     people = list(register.people)
     outputs, computed = evaluate_people(oprf, key, people, cache, progress)
     handle_key = keyring.handle_key(dataset)
-    granted = None if fields is None else set(fields)
     labels = [
         encode_label(
             [

@@ -149,7 +149,7 @@ class DepartmentNode(
             self._refuse(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "element_count must be at least 1", event
             )
-        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch, event)
+        epoch, key = self._epoch(context, request.dataset_id, request.key_epoch, grant, event)
         event["key_epoch"] = epoch
         version = self.state.latest(request.dataset_id, epoch, grant.fields)
         self._charge(context, peer, request.dataset_id, epoch, request.element_count, grant, event)
@@ -263,7 +263,7 @@ class DepartmentNode(
             legal_basis_ref=request.legal_basis_ref,
         )
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
-        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, event)
+        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, grant, event)
         latest = self.state.latest(request.dataset_id, epoch, grant.fields)
         if not latest:
             self._refuse(

@@ -224,11 +224,15 @@ class NodeService(Generic[S]):
                 event,
             )
 
-    def _epoch(self, context, dataset: str, asked: int, event: dict) -> tuple[int, KeyPair]:
+    def _epoch(
+        self, context, dataset: str, asked: int, grant: Grant, event: dict
+    ) -> tuple[int, KeyPair]:
+        """The epoch asked for (0: the current one) and the OPRF key of the grant's field
+        profile in it: a client is only ever evaluated under its own profile's key."""
         try:
             ring = self.state.keyring()
             epoch = asked or ring.current(dataset)[0]
-            return epoch, server_key(self.state.oprf, ring, dataset, epoch)
+            return epoch, server_key(self.state.oprf, ring, dataset, epoch, grant.fields)
         except KeyRingError as exc:
             self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc), event)
         except InputError as exc:

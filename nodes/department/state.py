@@ -6,13 +6,14 @@ Layout (under ``[node] state``)::
     budgets.sqlite                                query budgets (nodes.department.budgets)
     registry.sqlite                               access requests, approved grants, disputes
     <dataset>/rejects.csv                         bad register rows of the last build (masked)
-    <dataset>/e<epoch>/outputs.bin                OPRF outputs of the register (resumable builds)
+    <dataset>/e<epoch>/<profile>/outputs.bin      the profile's OPRF outputs (resumable builds)
     <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
     <dataset>/e<epoch>/<profile>/v000001-v000002.delta
 
-A profile is the set of label fields a grant allows; each gets its own table so that fields a
-client may not see are never encrypted for it. Rotation retires an epoch and deletes its folder:
-the seed is gone, so nothing in it could be used again anyway.
+A profile is the set of label fields a grant allows; each gets its own OPRF key and tables, so
+fields a client may not see are never encrypted for it, and its outputs open no other profile's
+table. Rotation retires an epoch and deletes its folder: the seed is gone, so nothing in it could
+be used again anyway.
 """
 
 from __future__ import annotations
@@ -32,14 +33,11 @@ from nodes.shared.config import DatasetConfig, NodeConfig
 from psi.errors import InputError
 from psi.ids import write_rejects
 from psi.keys import KeyRing
+from psi.labels import profile_name
 from psi.oprf import Oprf
 from psi.table import Delta, Table, diff
 
 Progress = Callable[[int], None]
-
-
-def profile_name(fields: frozenset[str]) -> str:
-    return "+".join(sorted(fields))
 
 
 @dataclass(frozen=True)
@@ -166,25 +164,20 @@ class NodeState:
         )
 
     def build(self, dataset_id: str, progress: Progress | None = None) -> list[BuildReport]:
-        """(Re)build every profile's table of a dataset for the current epoch. Only people not
-        evaluated before are evaluated; a version is published only when something changed."""
+        """(Re)build every profile's table of a dataset for the current epoch, each under its own
+        key. Only people not evaluated before under a profile's key are evaluated; a version is
+        published only when something changed."""
         ring = self._writable_keyring()
         self._save_keyring(ring)
         register = self.served_register(dataset_id, ring)
         (self.root / dataset_id).mkdir(parents=True, exist_ok=True)
         write_rejects(self.root / dataset_id / "rejects.csv", register.rejects)
         epoch, _ = ring.current(dataset_id)
-        epoch_dir = self.root / dataset_id / f"e{epoch}"
-        epoch_dir.mkdir(parents=True, exist_ok=True)
-        cache = OutputCache(epoch_dir / "outputs.bin", ring.handle_key(dataset_id))
-        reports = []
         profiles = self.registry.profiles(self.config, dataset_id)
-        for fields in sorted(profiles, key=profile_name):
-            reports.append(
-                self._build_profile(register, ring, dataset_id, epoch, fields, cache, progress)
-            )
-            progress = None  # the evaluations happen once; later profiles hit the cache
-        return reports
+        return [
+            self._build_profile(register, ring, dataset_id, epoch, fields, progress)
+            for fields in sorted(profiles, key=profile_name)
+        ]
 
     def _build_profile(
         self,
@@ -193,9 +186,11 @@ class NodeState:
         dataset: str,
         epoch: int,
         fields: frozenset[str],
-        cache: OutputCache,
         progress: Progress | None,
     ) -> BuildReport:
+        folder = self.folder(dataset, epoch, fields)
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = OutputCache(folder / "outputs.bin", ring.handle_key(dataset))
         latest = self.latest(dataset, epoch, fields)
         previous = Table.load(self.table_path(dataset, epoch, fields, latest)) if latest else None
         table, evaluated = build_dataset_table(
@@ -222,7 +217,6 @@ class NodeState:
                     "detail": f"profile {profile_name(fields)}",
                 }
             )
-            self.folder(dataset, epoch, fields).mkdir(parents=True, exist_ok=True)
             table.save(self.table_path(dataset, epoch, fields, latest + 1))
             if delta is not None:
                 delta.save(self._delta_file(dataset, epoch, fields, latest, latest + 1))

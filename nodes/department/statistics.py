@@ -134,7 +134,7 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
                 event,
             )
         public = self._paillier(context, request, policy, event)
-        epoch, _ = self._epoch(context, dataset, 0, event)  # whose budget is charged
+        epoch, _ = self._epoch(context, dataset, 0, grant, event)  # whose budget is charged
         try:
             people = list(self.state.served_register(dataset).people)
         except KinlinkError as exc:

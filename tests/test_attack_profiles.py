@@ -1,0 +1,89 @@
+"""Attack: a client granted only ``status`` reads fields it was not granted from tables it can get.
+
+Tables are meant to be copyable (anyone may hold them: they are pseudorandom without OPRF outputs),
+so a grant holds only if a client's own OPRF outputs open nothing beyond its grant in *any* table
+of the dataset: another client's copy of a fuller profile, or every table file in the node's state
+folder. Real node process, mutual TLS on loopback, real files."""
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from nodes.client.client import Client, QueryResult
+from nodes.demo.federation import CLIENT, LocalFederation
+from nodes.demo.synth import generate_city, write_city
+from nodes.shared.config import load_federation
+from psi.matching import lookup_tags
+from psi.table import KEY_BYTES, TAG_BYTES, Table
+
+NODE = "prison"
+STATUS_ONLY = "education"
+PURPOSE = "screening"
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    city = generate_city(children=200, as_of=date(2026, 11, 30), seed=13)
+    paths = write_city(city, tmp_path_factory.mktemp("data"))
+    with LocalFederation(
+        tmp_path_factory.mktemp("fed"),
+        {NODE: paths[NODE]},
+        clients=(CLIENT, STATUS_ONLY),
+        fields={STATUS_ONLY: ["status"]},
+    ) as fed:
+        fed.setup()
+        fed.build()
+        fed.start()
+        fed.parents = sorted(
+            {
+                x
+                for row in city.roster
+                for x in (city.canonical(row.father_id), city.canonical(row.mother_id))
+                if x
+            }
+        )
+        yield fed
+
+
+def query(fed: LocalFederation, client: str) -> QueryResult:
+    with Client(load_federation(fed.federation_file_of(client))) as session:
+        return session.query(NODE, NODE, fed.parents, purpose=PURPOSE)
+
+
+def copies(folder: Path) -> list[Path]:
+    """A client's table copies, wherever its cache keeps them."""
+    return sorted(folder.rglob("table.kltb"))
+
+
+def opened_fields(table: Table, result: QueryResult) -> set[str]:
+    """Every label field the status-only client's own outputs open in ``table``."""
+    tags = result.tags
+    keys = result.derived[:, TAG_BYTES : TAG_BYTES + KEY_BYTES]
+    found, _ = lookup_tags(table, tags, keys)
+    return set().union(*(f.label.fields for f in found))
+
+
+def test_a_status_only_client_opens_nothing_beyond_status_in_any_table(fed):
+    full = query(fed, CLIENT)
+    assert any("start" in label.fields for _, label in full.matches)
+    mine = query(fed, STATUS_ONLY)
+    assert mine.matches, "the status-only client must match through its own grant"
+    assert {f for _, label in mine.matches for f in label.fields} == {"status"}
+
+    stolen = copies(load_federation(fed.federation_file).cache)
+    stolen += sorted((fed.root / NODE / "state").rglob("*.table"))
+    assert len(stolen) >= 3  # civil affairs' copy, and the node's table of each profile
+    for path in stolen:
+        assert opened_fields(Table.load(path), mine) <= {"status"}, path.name
+
+
+def test_a_swapped_table_copy_gives_the_status_only_client_no_more_fields(fed):
+    query(fed, CLIENT)
+    query(fed, STATUS_ONLY)
+    [full_copy] = copies(load_federation(fed.federation_file).cache)
+    [own_copy] = copies(load_federation(fed.federation_file_of(STATUS_ONLY)).cache)
+    shutil.copyfile(full_copy, own_copy)  # same dataset, epoch and version: the node sends nothing
+    again = query(fed, STATUS_ONLY)
+    assert {f for _, label in again.matches for f in label.fields} <= {"status"}
