@@ -9,12 +9,15 @@ import shutil
 from datetime import date
 from pathlib import Path
 
+import grpc
 import pytest
 
 from nodes.client.client import Client, QueryResult
 from nodes.demo.federation import CLIENT, LocalFederation
 from nodes.demo.synth import generate_city, write_city
 from nodes.shared.config import load_federation
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
+from psi.labels import FIELDS
 from psi.matching import lookup_tags
 from psi.table import KEY_BYTES, TAG_BYTES, Table
 
@@ -87,3 +90,30 @@ def test_a_swapped_table_copy_gives_the_status_only_client_no_more_fields(fed):
     shutil.copyfile(full_copy, own_copy)  # same dataset, epoch and version: the node sends nothing
     again = query(fed, STATUS_ONLY)
     assert {f for _, label in again.matches for f in label.fields} <= {"status"}
+
+
+def test_naming_another_profile_in_a_request_is_refused(fed):
+    """The node picks the key from the grant, never from the request: a status-only client that
+    names the full profile is refused (the field exists so an honest client whose grant changed
+    since its catalogue does not cache outputs under the wrong profile)."""
+    with Client(load_federation(fed.federation_file_of(STATUS_ONLY))) as client:
+        stub = psi_pb2_grpc.DepartmentNodeStub(client.channel(NODE))
+        full = sorted(FIELDS)
+        opening = psi_pb2.OpenSessionRequest(
+            dataset_id=NODE,
+            purpose_code=PURPOSE,
+            element_count=1,
+            suite=client.oprf.suite.name,
+            protocol_version=1,
+            label_fields=full,
+        )
+        fetching = psi_pb2.FetchTableRequest(
+            dataset_id=NODE, purpose_code=PURPOSE, label_fields=full
+        )
+        for call in (lambda: stub.OpenSession(opening), lambda: list(stub.FetchTable(fetching))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "label fields are now status" in refused.value.details()
+        opening.label_fields[:] = ["status"]
+        assert stub.OpenSession(opening).session_id

@@ -143,6 +143,7 @@ class _Plan:
     dataset: str
     epoch: int
     version: int  # negotiated protocol version
+    fields: Sequence[str]  # the granted label fields: the field profile, pinned in every request
     cache: OutputCache  # of (node, dataset, epoch, profile); its folder holds the table copy
     derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
     fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
@@ -439,7 +440,15 @@ class Client:
         found, derived = cache.lookup(keys, by_first)
         timings = {"plan": time.perf_counter() - started}
         return _Plan(
-            node, dataset, entry.key_epoch, version, cache, derived, np.flatnonzero(~found), timings
+            node,
+            dataset,
+            entry.key_epoch,
+            version,
+            tuple(entry.label_fields),
+            cache,
+            derived,
+            np.flatnonzero(~found),
+            timings,
         )
 
     def _blinders(
@@ -483,9 +492,7 @@ class Client:
             plan.timings["blind"] = blinder.seconds
             plan.cache.put(keys[plan.fresh], plan.derived[plan.fresh])
         t = time.perf_counter()
-        table, received = self._table(
-            plan.node, plan.dataset, plan.epoch, purpose, legal_basis_ref, plan.cache.path.parent
-        )
+        table, received = self._table(plan, purpose, legal_basis_ref)
         plan.timings["table"] = time.perf_counter() - t
         if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
             raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
@@ -540,6 +547,7 @@ class Client:
                         suite=self.oprf.suite.name,
                         key_epoch=plan.epoch,
                         protocol_version=plan.version,
+                        label_fields=plan.fields,
                     ),
                     timeout=CALL_TIMEOUT,
                 ),
@@ -612,10 +620,10 @@ class Client:
         )
         return receipt
 
-    def _table(
-        self, node: str, dataset: str, epoch: int, purpose: str, legal_basis_ref: str, folder: Path
-    ) -> tuple[Table, int]:
-        """The node's current table, from the local copy plus a delta when there is one."""
+    def _table(self, plan: _Plan, purpose: str, legal_basis_ref: str) -> tuple[Table, int]:
+        """The node's current table of the plan's field profile, from the local copy (beside the
+        profile's cache) plus a delta when there is one."""
+        node, dataset, folder = plan.node, plan.dataset, plan.cache.path.parent
         path = folder / "table.kltb"
         held = Table.load(path) if path.exists() else None
         since = held.header.version if held else 0
@@ -625,10 +633,11 @@ class Client:
             stream = stub.FetchTable(
                 psi_pb2.FetchTableRequest(
                     dataset_id=dataset,
-                    key_epoch=epoch,
+                    key_epoch=plan.epoch,
                     since_version=since,
                     purpose_code=purpose,
                     legal_basis_ref=legal_basis_ref,
+                    label_fields=plan.fields,
                 )
             )
             header, payload = None, bytearray()

@@ -136,6 +136,7 @@ class DepartmentNode(
         )
         event["declared"] = request.element_count
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
+        self._profile(context, grant, request.label_fields, event)
         self._version(context, request.protocol_version, event)
         if request.suite != self.state.oprf.suite.name:
             self._refuse(
@@ -263,6 +264,7 @@ class DepartmentNode(
             legal_basis_ref=request.legal_basis_ref,
         )
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
+        self._profile(context, grant, request.label_fields, event)
         epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, grant, event)
         latest = self.state.latest(request.dataset_id, epoch, grant.fields)
         if not latest:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from nodes.shared.tls import Peer, peer_identity
 from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
 from psi.errors import InputError
 from psi.keys import KeyRingError
+from psi.labels import profile_name
 from psi.oprf import KeyPair
 
 SESSION_SECONDS = 3600
@@ -213,6 +215,19 @@ class NodeService(Generic[S]):
                 event,
             )
         return grant
+
+    def _profile(self, context, grant: Grant, planned: Sequence[str], event: dict) -> None:
+        """Refuse a client that planned with other label fields than its grant's (the grant
+        changed since it read the catalogue): what it caches per field profile would be filed
+        under the wrong one. The client's text is not echoed: it could carry anything."""
+        if planned and frozenset(planned) != grant.fields:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the grant's label fields are now {profile_name(grant.fields)}, not those "
+                "the request names; read the catalogue again and query afresh",
+                event,
+            )
 
     def _version(self, context, version: int, event: dict) -> None:
         if version not in SUPPORTED_PROTOCOL_VERSIONS:

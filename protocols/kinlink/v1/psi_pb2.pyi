@@ -97,7 +97,7 @@ class StatisticsOffer(_message.Message):
     def __init__(self, protocols: _Optional[_Iterable[str]] = ..., purposes: _Optional[_Iterable[str]] = ..., min_elements: _Optional[int] = ..., max_groups: _Optional[int] = ..., min_key_bits: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version")
+    __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version", "label_fields")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class OpenSessionRequest(_message.Message):
     SUITE_FIELD_NUMBER: _ClassVar[int]
     KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     purpose_code: str
     legal_basis_ref: str
@@ -112,7 +113,8 @@ class OpenSessionRequest(_message.Message):
     suite: str
     key_epoch: int
     protocol_version: int
-    def __init__(self, dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., element_count: _Optional[int] = ..., suite: _Optional[str] = ..., key_epoch: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    label_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., element_count: _Optional[int] = ..., suite: _Optional[str] = ..., key_epoch: _Optional[int] = ..., protocol_version: _Optional[int] = ..., label_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "dataset_id", "key_epoch", "suite", "table_version", "max_elements_per_chunk", "max_message_bytes", "expires_at", "protocol_version", "element_count")
@@ -161,18 +163,20 @@ class EvaluatedChunk(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., count: _Optional[int] = ..., elements: _Optional[bytes] = ...) -> None: ...
 
 class FetchTableRequest(_message.Message):
-    __slots__ = ("dataset_id", "key_epoch", "since_version", "purpose_code", "legal_basis_ref")
+    __slots__ = ("dataset_id", "key_epoch", "since_version", "purpose_code", "legal_basis_ref", "label_fields")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     key_epoch: int
     since_version: int
     purpose_code: str
     legal_basis_ref: str
-    def __init__(self, dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., since_version: _Optional[int] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ...) -> None: ...
+    label_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., since_version: _Optional[int] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., label_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TableChunk(_message.Message):
     __slots__ = ("header", "data")
