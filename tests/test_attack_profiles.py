@@ -8,6 +8,7 @@ folder. Real node process, mutual TLS on loopback, real files."""
 import shutil
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -26,8 +27,13 @@ STATUS_ONLY = "education"
 PURPOSE = "screening"
 
 
+class World(NamedTuple):
+    fed: LocalFederation
+    parents: list[str]  # the roster's parents, canonical: what both clients ask about
+
+
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory):
+def world(tmp_path_factory):
     city = generate_city(children=200, as_of=date(2026, 11, 30), seed=13)
     paths = write_city(city, tmp_path_factory.mktemp("data"))
     with LocalFederation(
@@ -39,20 +45,18 @@ def fed(tmp_path_factory):
         fed.setup()
         fed.build()
         fed.start()
-        fed.parents = sorted(
-            {
-                x
-                for row in city.roster
-                for x in (city.canonical(row.father_id), city.canonical(row.mother_id))
-                if x
-            }
-        )
-        yield fed
+        parents = {
+            x
+            for row in city.roster
+            for x in (city.canonical(row.father_id), city.canonical(row.mother_id))
+            if x
+        }
+        yield World(fed, sorted(parents))
 
 
-def query(fed: LocalFederation, client: str) -> QueryResult:
-    with Client(load_federation(fed.federation_file_of(client))) as session:
-        return session.query(NODE, NODE, fed.parents, purpose=PURPOSE)
+def query(world: World, client: str) -> QueryResult:
+    with Client(load_federation(world.fed.federation_file_of(client))) as session:
+        return session.query(NODE, NODE, world.parents, purpose=PURPOSE)
 
 
 def copies(folder: Path) -> list[Path]:
@@ -68,10 +72,11 @@ def opened_fields(table: Table, result: QueryResult) -> set[str]:
     return set().union(*(f.label.fields for f in found))
 
 
-def test_a_status_only_client_opens_nothing_beyond_status_in_any_table(fed):
-    full = query(fed, CLIENT)
+def test_a_status_only_client_opens_nothing_beyond_status_in_any_table(world):
+    fed = world.fed
+    full = query(world, CLIENT)
     assert any("start" in label.fields for _, label in full.matches)
-    mine = query(fed, STATUS_ONLY)
+    mine = query(world, STATUS_ONLY)
     assert mine.matches, "the status-only client must match through its own grant"
     assert {f for _, label in mine.matches for f in label.fields} == {"status"}
 
@@ -82,21 +87,22 @@ def test_a_status_only_client_opens_nothing_beyond_status_in_any_table(fed):
         assert opened_fields(Table.load(path), mine) <= {"status"}, path.name
 
 
-def test_a_swapped_table_copy_gives_the_status_only_client_no_more_fields(fed):
-    query(fed, CLIENT)
-    query(fed, STATUS_ONLY)
+def test_a_swapped_table_copy_gives_the_status_only_client_no_more_fields(world):
+    fed = world.fed
+    query(world, CLIENT)
+    query(world, STATUS_ONLY)
     [full_copy] = copies(load_federation(fed.federation_file).cache)
     [own_copy] = copies(load_federation(fed.federation_file_of(STATUS_ONLY)).cache)
     shutil.copyfile(full_copy, own_copy)  # same dataset, epoch and version: the node sends nothing
-    again = query(fed, STATUS_ONLY)
+    again = query(world, STATUS_ONLY)
     assert {f for _, label in again.matches for f in label.fields} <= {"status"}
 
 
-def test_naming_another_profile_in_a_request_is_refused(fed):
+def test_naming_another_profile_in_a_request_is_refused(world):
     """The node picks the key from the grant, never from the request: a status-only client that
     names the full profile is refused (the field exists so an honest client whose grant changed
     since its catalogue does not cache outputs under the wrong profile)."""
-    with Client(load_federation(fed.federation_file_of(STATUS_ONLY))) as client:
+    with Client(load_federation(world.fed.federation_file_of(STATUS_ONLY))) as client:
         stub = psi_pb2_grpc.DepartmentNodeStub(client.channel(NODE))
         full = sorted(FIELDS)
         opening = psi_pb2.OpenSessionRequest(

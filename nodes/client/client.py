@@ -276,7 +276,10 @@ class Client:
     def _cache(self, node: str, entry: psi_pb2.Dataset) -> OutputCache:
         """The derived-output cache of (node, dataset, epoch, field profile) of a catalogue
         entry, one object per client: the node evaluates each profile under its own key."""
-        profile = profile_name(entry.label_fields)
+        try:
+            profile = profile_name(entry.label_fields)
+        except InputError as exc:
+            raise NodeError(node, None, f"its catalogue names a bad label field: {exc}") from None
         with self._lock:
             key = (node, entry.dataset_id, entry.key_epoch, profile)
             if key not in self._caches:
