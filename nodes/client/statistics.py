@@ -211,12 +211,14 @@ class StatsClient:
         if protocol not in offer.protocols or purpose not in offer.purposes:
             allowed = ", ".join(offer.protocols) or "none"
             purposes = ", ".join(offer.purposes) or "none"
+            # Asking helps only where the dataset serves the protocol: else no approval can.
+            served = protocol in offer.protocols
+            hint = "; " + request_hint(node, dataset, purpose) if served else ""
             raise NodeError(
                 node,
                 grpc.StatusCode.PERMISSION_DENIED if entry else grpc.StatusCode.NOT_FOUND,
                 f"dataset {dataset!r} offers this client the statistics {allowed} under the "
-                f"purposes {purposes}, not {protocol} for {purpose!r}; "
-                + request_hint(node, dataset, purpose),
+                f"purposes {purposes}, not {protocol} for {purpose!r}{hint}",
             )
         return offer, catalogue.protocol_versions
 

@@ -102,6 +102,9 @@ class AccountabilityServicer:
             justification = check_text("justification", request.justification)
         except InputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        problem = self.config.datasets[request.dataset_id].unservable(purposes)
+        if problem:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
         held = self._grant_for(peer.common_name, request.dataset_id)
         if held and set(purposes) <= set(held.purposes) and fields <= held.fields:
             context.abort(

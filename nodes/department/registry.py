@@ -273,6 +273,12 @@ class Registry:
         catalogue version; in force for the server's next call."""
         with self._store.transaction() as db:
             request = self._pending(db, request_id)
+            dataset = config.datasets.get(request.dataset)
+            if dataset is None:
+                raise InputError(f"dataset {request.dataset!r} is no longer in {config.path}")
+            problem = dataset.unservable(request.purposes)
+            if problem:
+                raise Conflict(f"request {request_id}: {problem}; reject it with a reason")
             current = self._effective(db, config, request.client, request.dataset)
             held_purposes = current.purposes if current else ()
             grant = Grant(

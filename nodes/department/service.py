@@ -24,7 +24,7 @@ from nodes.department.build import server_key
 from nodes.department.state import NodeState
 from nodes.shared.accountability import request_hint
 from nodes.shared.audit.log import AuditLog, check_entry
-from nodes.shared.config import Grant, NodeConfig
+from nodes.shared.config import STATISTICS_PURPOSE, Grant, NodeConfig
 from nodes.shared.tls import Peer, peer_identity
 from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
 from psi.errors import InputError
@@ -157,9 +157,10 @@ class NodeService(Generic[S]):
         protocol: str | None = None,
     ) -> Grant:
         """The client's grant on ``dataset`` for ``purpose``. A statistics ``protocol`` must be
-        one the dataset offers, under a purpose it reserves for statistics; a labelled query
-        (``protocol`` None) may not use such a purpose, so that a client granted statistics
-        only never receives a match."""
+        one the dataset offers (checked before the purpose, so that a dataset serving none does
+        not invite a request it could never serve), under a purpose it reserves for statistics;
+        a labelled query (``protocol`` None) may not use such a purpose, nor ``statistics`` on
+        any dataset, so that a client granted statistics never receives a match."""
         if dataset not in self.config.datasets:
             self._refuse(
                 context,
@@ -177,6 +178,16 @@ class NodeService(Generic[S]):
                 f"node {self.config.id!r}; {request_hint(self.config.id, dataset, purpose)}",
                 event,
             )
+        policy = self.config.datasets[dataset].statistics
+        if protocol is not None and protocol not in policy.protocols:
+            offered = ", ".join(policy.protocols) or "none"
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"dataset {dataset!r} on node {self.config.id!r} does not allow the statistics "
+                f"protocol {protocol!r}; it allows: {offered}",
+                event,
+            )
         if purpose not in grant.purposes:
             self._refuse(
                 context,
@@ -186,23 +197,13 @@ class NodeService(Generic[S]):
                 + request_hint(self.config.id, dataset, purpose),
                 event,
             )
-        policy = self.config.datasets[dataset].statistics
         reserved = policy.purposes if policy.protocols else ()
-        if protocol is None and purpose in reserved:
+        if protocol is None and (purpose in reserved or purpose == STATISTICS_PURPOSE):
             self._refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"purpose {purpose!r} is for statistics only on dataset {dataset!r} "
                 "(psi stats); a labelled query needs another purpose",
-                event,
-            )
-        if protocol is not None and protocol not in policy.protocols:
-            offered = ", ".join(policy.protocols) or "none"
-            self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"dataset {dataset!r} on node {self.config.id!r} does not allow the statistics "
-                f"protocol {protocol!r}; it allows: {offered}",
                 event,
             )
         if protocol is not None and purpose not in reserved:

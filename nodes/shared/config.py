@@ -1,60 +1,24 @@
 """Node and federation configuration files (TOML), checked on load with precise messages.
 
-``node.toml`` says what a department serves and to whom::
-
-    [node]
-    id = "prison"                      # the node's certificate name
-    listen = "127.0.0.1:7443"
-    state = "state"                    # key ring, tables, budgets, log (relative to this file)
-    tls = { ca = "certs/ca.pem", cert = "certs/prison.pem", key = "certs/prison-key.pem" }
-
-    [datasets.prison]
-    title = "Persons serving a prison sentence"
-    csv = "prison.csv"                 # or: url = "sqlite:///prison.db" and query = "SELECT ..."
-    columns = { id_number = "sfzh" }   # canonical name -> source column, where they differ
-    statuses = ["imprisoned"]
-    legal_basis = "..."
-    update_frequency = "P1M"
-    responsible_unit = "..."
-
-    [datasets.prison.statistics]       # optional: aggregate statistics (docs/statistics.md)
-    protocols = ["cardinality", "intersection_sum", "grouped_sum"]   # default: none
-    purposes = ["statistics"]          # purposes for statistics only (labelled queries refuse them)
-    min_elements = 100                 # the smallest set a client may ask about
-    max_groups = 16                    # counters per grouped sum
-    min_key_bits = 2048                # clients' Paillier keys (lower only for tests, >= 1024)
-
-    [[grants]]                         # who may query what, for which purposes, seeing which fields
-    client = "civil-affairs"
-    datasets = ["prison"]
-    purposes = ["screening"]
-    fields = ["status", "start", "end", "handle"]
-    per_session = 200000
-    per_day = 500000
-    per_epoch = 2000000
-
-``federation.toml`` is civil affairs' view: its identity and certificate, the nodes it may call::
-
-    [client]
-    id = "civil-affairs"
-    tls = { ca = "certs/ca.pem", cert = "certs/civil-affairs.pem", key = "..." }
-    cache = "cache"
-
-    [nodes.prison]
-    address = "127.0.0.1:7443"
+``node.toml`` says what a department serves and to whom; ``federation.toml`` is a client's view:
+its identity and certificate, the nodes it may call. Every key of both is described, with
+examples a test loads, in docs/configuration.md; ``KEYS`` lists them, and a key not there is
+refused by name rather than ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nodes.shared.tls import TlsFiles
 from psi.errors import InputError, Source
-from psi.labels import FIELDS, STATUS_CODES
+from psi.labels import FIELDS, REGISTER_COLUMNS, STATUS_CODES
 from psi.paillier import MIN_GENERATE_BITS, MIN_KEY_BITS
 from psi.stats import PROTOCOLS
 
@@ -97,6 +61,18 @@ class DatasetConfig:
     responsible_unit: str = ""
     statistics: StatisticsPolicy = field(default_factory=StatisticsPolicy)
 
+    def unservable(self, purposes: Iterable[str]) -> str | None:
+        """Why ``purposes`` cannot be granted on this dataset, or None: the purpose
+        ``statistics`` on a dataset that offers no statistics would be a grant every query
+        refuses (labelled queries never serve it: it is for numbers, not names)."""
+        if STATISTICS_PURPOSE in purposes and not self.statistics.protocols:
+            return (
+                f"dataset {self.id!r} offers no statistics (node.toml has no "
+                f"[datasets.{self.id}.statistics] protocols), so purpose "
+                f"{STATISTICS_PURPOSE!r} cannot be granted on it"
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -116,6 +92,7 @@ class NodeConfig:
     tls: TlsFiles
     datasets: dict[str, DatasetConfig]
     grants: tuple[Grant, ...]
+    metrics: str | None = None  # host:port of the Prometheus endpoint; None: not served
 
     def grant(self, client: str, dataset: str) -> Grant | None:
         return next((g for g in self.grants if g.client == client and dataset in g.datasets), None)
@@ -184,6 +161,15 @@ class TomlReader:
             raise self.fail(key, "must be a list of strings")
         return tuple(values)
 
+    def only(self, known: tuple[str, ...]) -> None:
+        """Refuse a key this table does not know, naming it (a misspelt key must not silently
+        fall back to a default), with the nearest known key when one is close."""
+        for key in self.data:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {near[0]}? " if near else ""
+                raise self.fail(key, f"unknown key; {hint}known: {', '.join(known)}")
+
     def table(self, key: str, default: Any = ...) -> TomlReader:
         sub = f"{self.where}.{key}" if self.where else key
         return TomlReader(self.path, self.get(key, dict, default), sub)
@@ -207,10 +193,52 @@ def load_toml(path: str | os.PathLike[str]) -> TomlReader:
 
 def _tls(section: TomlReader) -> TlsFiles:
     tls = section.table("tls")
+    tls.only(KEYS["tls"])
     return TlsFiles(tls.file("ca"), tls.file("cert"), tls.file("key"))
 
 
+# Every key each table may hold (docs/configuration.md documents each; a test holds them equal).
+KEYS: dict[str, tuple[str, ...]] = {
+    "node.toml": ("node", "datasets", "grants"),
+    "[node]": ("id", "listen", "state", "tls", "metrics"),
+    "tls": ("ca", "cert", "key"),
+    "[datasets.ID]": (
+        "title",
+        "csv",
+        "url",
+        "query",
+        "columns",
+        "statuses",
+        "legal_basis",
+        "update_frequency",
+        "responsible_unit",
+        "statistics",
+    ),
+    "columns": REGISTER_COLUMNS,
+    "[datasets.ID.statistics]": (
+        "protocols",
+        "purposes",
+        "min_elements",
+        "max_groups",
+        "min_key_bits",
+    ),
+    "[[grants]]": (
+        "client",
+        "datasets",
+        "purposes",
+        "fields",
+        "per_session",
+        "per_day",
+        "per_epoch",
+    ),
+    "federation.toml": ("client", "nodes"),
+    "[client]": ("id", "tls", "cache", "blinds"),
+    "[nodes.ID]": ("address",),
+}
+
+
 def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
+    reader.only(KEYS["[datasets.ID]"])
     statuses = reader.strings("statuses")
     unknown = [s for s in statuses if s not in STATUS_CODES]
     if unknown:
@@ -220,8 +248,9 @@ def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
     has_csv, has_sql = "csv" in reader.data, "url" in reader.data
     if has_csv == has_sql:
         raise reader.fail("csv", "give either csv = FILE or url = DATABASE-URL with query = SQL")
-    columns = reader.get("columns", dict, {})
-    if not all(isinstance(v, str) for v in columns.values()):
+    columns = reader.table("columns", {})
+    columns.only(KEYS["columns"])
+    if not all(isinstance(v, str) for v in columns.data.values()):
         raise reader.fail("columns", "must map canonical column names to source column names")
     return DatasetConfig(
         id=dataset_id,
@@ -230,7 +259,7 @@ def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
         csv=reader.file("csv") if has_csv else None,
         url=reader.get("url", str) if has_sql else None,
         query=reader.get("query", str) if has_sql else None,
-        columns=dict(columns),
+        columns=dict(columns.data),
         legal_basis=reader.get("legal_basis", str, ""),
         update_frequency=reader.get("update_frequency", str, ""),
         responsible_unit=reader.get("responsible_unit", str, ""),
@@ -244,6 +273,7 @@ _STATISTICS_FLOORS = {"min_elements": 1, "max_groups": 1, "min_key_bits": MIN_GE
 def _statistics(reader: TomlReader) -> StatisticsPolicy:
     if not reader.data:
         return StatisticsPolicy()
+    reader.only(KEYS["[datasets.ID.statistics]"])
     protocols = reader.strings("protocols")
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
@@ -262,6 +292,7 @@ def _statistics(reader: TomlReader) -> StatisticsPolicy:
 
 
 def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
+    reader.only(KEYS["[[grants]]"])
     named = reader.strings("datasets")
     for name in named:
         if name not in datasets:
@@ -278,7 +309,9 @@ def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     root = load_toml(path)
+    root.only(KEYS["node.toml"])
     node = root.table("node")
+    node.only(KEYS["[node]"])
     datasets_table = root.table("datasets")
     datasets = {name: _dataset(datasets_table.table(name), name) for name in datasets_table.data}
     if not datasets:
@@ -298,6 +331,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         tls=_tls(node),
         datasets=datasets,
         grants=grants,
+        metrics=node.get("metrics", str, None),
     )
 
 
@@ -307,7 +341,9 @@ def _fail_grant(root: TomlReader, index: int) -> Grant:
 
 def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
     root = load_toml(path)
+    root.only(KEYS["federation.toml"])
     client = root.table("client")
+    client.only(KEYS["[client]"])
     nodes = root.table("nodes")
     blinds = client.get("blinds", str, SHARED_BLINDS)
     if blinds not in (SHARED_BLINDS, PER_NODE_BLINDS):
@@ -317,8 +353,11 @@ def load_federation(path: str | os.PathLike[str]) -> FederationConfig:
         client=client.get("id", str),
         tls=_tls(client),
         cache=(root.path.parent / client.get("cache", str, "cache")).resolve(),
-        nodes={
-            name: NodeAddress(name, nodes.table(name).get("address", str)) for name in nodes.data
-        },
+        nodes={name: _node_address(nodes.table(name), name) for name in nodes.data},
         blinds=blinds,
     )
+
+
+def _node_address(reader: TomlReader, name: str) -> NodeAddress:
+    reader.only(KEYS["[nodes.ID]"])
+    return NodeAddress(name, reader.get("address", str))

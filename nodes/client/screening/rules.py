@@ -68,12 +68,6 @@ class Rules:
         return None if kind is None else kind in kinds
 
 
-def _check_keys(reader: TomlReader, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(reader.data) - set(allowed))
-    if unknown:
-        raise reader.fail(unknown[0], f"unknown key; expected {', '.join(allowed)}")
-
-
 def _statuses(reader: TomlReader, key: str) -> tuple[str, ...]:
     values = reader.strings(key)
     unknown = [s for s in values if s not in STATUS_CODES]
@@ -115,12 +109,12 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
         with resources.as_file(resources.files(__package__) / DEFAULT_RULES) as packaged:
             return load_rules(packaged)
     root = load_toml(path)
-    _check_keys(root, _TOP_KEYS)
+    root.only(_TOP_KEYS)
     adult_age = root.get("adult_age", int)
     if not 1 <= adult_age <= 150:
         raise root.fail("adult_age", "must be an age in years, 1 to 150")
     statuses = root.table("statuses")
-    _check_keys(statuses, ("orphaning", "eight"))
+    statuses.only(("orphaning", "eight"))
     orphaning, eight = _statuses(statuses, "orphaning"), _statuses(statuses, "eight")
     if not orphaning or not eight:
         raise statuses.fail("orphaning" if not orphaning else "eight", "must list a status")
@@ -131,7 +125,7 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
 
     def group(name: str, keys: tuple[str, ...]) -> tuple[TomlReader, frozenset[str]]:
         reader = root.table(name)
-        _check_keys(reader, keys)
+        reader.only(keys)
         members = frozenset(_statuses(reader, "statuses"))
         if members - counted:
             stray = sorted(members - counted)[0]
