@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import islice
@@ -97,9 +97,17 @@ def _record(cells: Mapping[str, str]) -> Record:
         raise _CellError(column, str(exc)) from None
 
 
-def read_rows(rows: Iterator[Row], source: str, today: date | None = None) -> Register:
-    """Canonical register from (line, canonical-column cells) rows, in chunks."""
+def read_rows(
+    rows: Iterator[Row],
+    source: str,
+    today: date | None = None,
+    statuses: Collection[str] | None = None,
+) -> Register:
+    """Canonical register from (line, canonical-column cells) rows, in chunks. A row whose status
+    is not among ``statuses`` (the dataset's declared ones) is rejected: a dataset publishes only
+    what its catalogue entry, and its legal basis, say it holds."""
     register = Register(source)
+    declared = ", ".join(statuses or ())
     while chunk := list(islice(rows, _CHUNK)):
         register.rows += len(chunk)
         batch = normalise_many([cells.get("id_number", "") for _, cells in chunk], today=today)
@@ -122,6 +130,17 @@ def read_rows(rows: Iterator[Row], source: str, today: date | None = None) -> Re
                 record = _record(cells)
             except _CellError as exc:
                 register.rejects.append(Reject(source, line, exc.column, mask(raw_id), exc.reason))
+                continue
+            if statuses is not None and record.status not in statuses:
+                register.rejects.append(
+                    Reject(
+                        source,
+                        line,
+                        "status",
+                        mask(raw_id),
+                        f"{record.status} is not among the dataset's statuses ({declared})",
+                    )
+                )
                 continue
             register.people.setdefault(canon.decode("ascii"), []).append(Entry(record, ref))
     return register

@@ -147,11 +147,14 @@ class NodeState:
 
     # -- building and rotating --------------------------------------------------------------------
     def read_register(self, dataset: DatasetConfig) -> Register:
+        """The dataset's register; rows of statuses it does not declare are rejects."""
         if dataset.csv is not None:
-            return read_rows(csv_rows(dataset.csv, dataset.columns), str(dataset.csv))
-        assert dataset.url is not None and dataset.query is not None
-        rows = sql_rows(dataset.url, dataset.query, dataset.columns)
-        return read_rows(rows, f"{dataset.id} query")
+            rows, source = csv_rows(dataset.csv, dataset.columns), str(dataset.csv)
+        else:
+            assert dataset.url is not None and dataset.query is not None
+            rows = sql_rows(dataset.url, dataset.query, dataset.columns)
+            source = f"{dataset.id} query"
+        return read_rows(rows, source, statuses=dataset.statuses)
 
     def served_register(self, dataset_id: str, ring: KeyRing | None = None) -> Register:
         """The register as the node serves it, in tables and statistics alike: without the
