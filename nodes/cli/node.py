@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
 
+from nodes.cli import EXIT_USER_ERROR
 from nodes.cli.node_admin import add_actions
+from nodes.department.check import check_node
 from nodes.department.node import start_node
 from nodes.department.state import NodeState
 from nodes.shared.config import load_node_config
@@ -25,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("build", "(re)build the tables of the node's datasets for the current key epoch", build),
         ("serve", "serve the node's datasets over gRPC with mutual TLS", serve),
         ("rotate", "start a new key epoch (then rebuild)", rotate),
+        ("check", "check the configuration, certificate, ports, registers and passphrase", check),
     ):
         action = actions.add_parser(name, help=helptext, description=f"{helptext}; {env}")
         action.add_argument("--config", type=Path, required=True, help="node.toml")
@@ -72,6 +76,24 @@ def build(args: argparse.Namespace) -> int:
             )
         if len(register_rows.rejects):
             print(f"{dataset}: {len(register_rows.rejects)} bad rows listed in {rejects}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """One line per problem, then a verdict; exit 2 on any problem."""
+    found = check_node(args.config, os.environ.get(PASSPHRASE_VAR, "").encode() or None)
+    for note in found.notes:
+        print(f"note: {note}")
+    for problem in found.problems:
+        print(f"problem: {problem}")
+    if found.problems:
+        print(f"{args.config}: {len(found.problems)} problem(s)")
+        return EXIT_USER_ERROR
+    assert found.config is not None
+    print(
+        f"{args.config}: node {found.config.id} is ready to serve "
+        f"{', '.join(found.config.datasets)}"
+    )
     return 0
 
 

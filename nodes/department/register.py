@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -44,6 +45,7 @@ class Register:
     rows: int = 0
     people: dict[str, list[Entry]] = field(default_factory=dict)
     rejects: list[Reject] = field(default_factory=list)
+    undeclared: Counter[str] = field(default_factory=Counter)  # status -> rows left out
 
     def summary(self) -> str:
         records = sum(len(e) for e in self.people.values())
@@ -132,6 +134,7 @@ def read_rows(
                 register.rejects.append(Reject(source, line, exc.column, mask(raw_id), exc.reason))
                 continue
             if statuses is not None and record.status not in statuses:
+                register.undeclared[record.status] += 1
                 register.rejects.append(
                     Reject(
                         source,

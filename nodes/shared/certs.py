@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -76,6 +77,44 @@ def subject_cn(cert_pem: bytes) -> str:
     if not names:
         raise InputError("certificate has no subject common name")
     return str(names[0].value)
+
+
+def party_problems(
+    ca_pem: bytes, cert_pem: bytes, key_pem: bytes, name: str, role: Role
+) -> list[str]:
+    """What would keep a party's certificate from working in the federation, one line each:
+    another name than the party's, not signed by the federation CA, outside its validity, the
+    wrong role for its use, or a key that is not its own. Empty when it would work."""
+    try:
+        ca, cert = _load_cert(ca_pem), _load_cert(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (InputError, ValueError, TypeError) as exc:
+        return [f"cannot load: {exc}"]
+    problems = []
+    common_name = subject_cn(cert_pem)
+    if common_name != name:
+        problems.append(f"the certificate names {common_name!r}, not {name!r}")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        problems.append("the certificate is not signed by the federation CA in tls.ca")
+    now = _now()
+    if now < cert.not_valid_before_utc:
+        problems.append(f"the certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d}")
+    if now > cert.not_valid_after_utc:
+        problems.append(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH if role is Role.NODE else ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = [usage]  # no restriction
+    if usage not in usages:
+        problems.append(f"the certificate is not for a {role.value} (psi certs issue --role)")
+    if key.public_key() != cert.public_key():
+        problems.append("tls.key is not the key of tls.cert")
+    return problems
 
 
 def init_federation(
