@@ -6,6 +6,10 @@ rotations. A retired epoch keeps its number and retirement time, for audit and c
 seed is dropped: nobody, not even the department, can answer queries for it any more. The handle key
 never rotates, so a record handle quoted in a dispute still resolves after rotations.
 
+Rotation makes before it breaks: ``prepare`` draws the next epoch's seed, which tables are built
+under (``build_epoch``) while the current epoch goes on serving; ``rotate`` then starts it and
+retires the old one in one step. A prepared epoch answers no query (``seed`` refuses it).
+
 At rest the ring is sealed: scrypt turns the passphrase into an AES-256-GCM key, and the header
 (format, scrypt parameters, salt, nonce) is the associated data, so it cannot be altered unnoticed::
 
@@ -51,6 +55,7 @@ class _Dataset:
     epoch: int
     seed: bytes
     retired: dict[int, datetime] = field(default_factory=dict)
+    prepared: bytes | None = None  # the seed of epoch + 1, drawn by ``prepare``
 
 
 def _now() -> datetime:
@@ -101,6 +106,8 @@ class KeyRing:
             return entry.seed
         if epoch in entry.retired:
             problem = f"epoch {epoch} was retired at {entry.retired[epoch].isoformat()}"
+        elif entry.prepared is not None and epoch == entry.epoch + 1:
+            problem = f"epoch {epoch} is prepared but starts only once its tables are built"
         else:
             problem = f"there is no epoch {epoch}"
         retired = ", ".join(map(str, sorted(entry.retired))) or "none"
@@ -108,14 +115,40 @@ class KeyRing:
             f"dataset {dataset!r}: {problem}; current epoch {entry.epoch}, retired: {retired}"
         )
 
-    def rotate(self, dataset: str) -> int:
-        """Start a new epoch with a fresh seed; the previous one is retired and its seed dropped."""
+    def prepared(self, dataset: str) -> int | None:
+        """The epoch ``prepare`` drew and ``rotate`` will start, if any."""
         entry = self._get(dataset)
+        return None if entry.prepared is None else entry.epoch + 1
+
+    def prepare(self, dataset: str) -> int:
+        """Draw the next epoch's seed without starting it: the current epoch serves meanwhile."""
+        entry = self._get(dataset)
+        if entry.prepared is not None:
+            raise KeyRingError(
+                f"dataset {dataset!r}: epoch {entry.epoch + 1} is already prepared; it starts "
+                "once its tables are built"
+            )
         if entry.epoch >= 2**32 - 1:
             raise KeyRingError(f"dataset {dataset!r} has no epoch numbers left")
+        entry.prepared = os.urandom(SEED_BYTES)
+        return entry.epoch + 1
+
+    def build_epoch(self, dataset: str) -> tuple[int, bytes]:
+        """The epoch tables are built for, and its seed: the prepared one if any, else current."""
+        entry = self._get(dataset)
+        if entry.prepared is not None:
+            return entry.epoch + 1, entry.prepared
+        return entry.epoch, entry.seed
+
+    def rotate(self, dataset: str) -> int:
+        """Start the next epoch (the prepared one, else a fresh seed); the previous one is
+        retired and its seed dropped."""
+        entry = self._get(dataset)
+        if entry.prepared is None:
+            self.prepare(dataset)
         entry.retired[entry.epoch] = _now()
         entry.epoch += 1
-        entry.seed = os.urandom(SEED_BYTES)
+        entry.seed, entry.prepared = entry.prepared, None
         return entry.epoch
 
     def _to_json(self) -> bytes:
@@ -128,6 +161,7 @@ class KeyRing:
                         "epoch": d.epoch,
                         "seed": d.seed.hex(),
                         "retired": {str(e): t.isoformat() for e, t in sorted(d.retired.items())},
+                        **({"prepared": d.prepared.hex()} if d.prepared is not None else {}),
                     }
                     for name, d in sorted(self._datasets.items())
                 },
@@ -149,8 +183,12 @@ class KeyRing:
                     int(d["epoch"]),
                     bytes.fromhex(d["seed"]),
                     {int(e): datetime.fromisoformat(t) for e, t in d["retired"].items()},
+                    bytes.fromhex(d["prepared"]) if "prepared" in d else None,
                 )
-                if len(entry.handle_key) != HANDLE_KEY_BYTES or len(entry.seed) != SEED_BYTES:
+                seeds = (entry.seed, entry.prepared or entry.seed)
+                if len(entry.handle_key) != HANDLE_KEY_BYTES or any(
+                    len(seed) != SEED_BYTES for seed in seeds
+                ):
                     raise ValueError
                 ring._datasets[name] = entry
         except (InputError, ValueError, KeyError, TypeError, AttributeError):

@@ -75,6 +75,20 @@ def test_seal_and_open_round_trip(ring):
     assert ring.seal(PASSPHRASE, scrypt_log2_n=FAST) != blob  # fresh salt and nonce
 
 
+def test_a_prepared_epoch_is_built_under_but_serves_nothing_until_it_starts(ring):
+    assert ring.prepare("prisons") == 2 and ring.prepared("prisons") == 2
+    with pytest.raises(KeyRingError, match="already prepared"):
+        ring.prepare("prisons")
+    opened = KeyRing.open(ring.seal(PASSPHRASE, scrypt_log2_n=FAST), PASSPHRASE)
+    epoch, seed = opened.build_epoch("prisons")
+    assert epoch == 2 and seed != opened.current("prisons")[1]
+    assert opened.current("prisons")[0] == 1  # the current epoch serves meanwhile
+    with pytest.raises(KeyRingError, match="epoch 2 is prepared but starts only"):
+        opened.seed("prisons", 2)
+    assert opened.rotate("prisons") == 2 and opened.seed("prisons", 2) == seed
+    assert opened.prepared("prisons") is None and opened.build_epoch("prisons") == (2, seed)
+
+
 def test_default_scrypt_cost_is_2_to_15(ring):
     blob = ring.seal(PASSPHRASE)
     assert SCRYPT_LOG2_N == 15 and blob[9:12] == bytes([15, 8, 1])

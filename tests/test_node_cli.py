@@ -175,9 +175,10 @@ def test_user_mistakes_are_one_line(prison, tmp_path):
 def test_rotation_retires_the_epoch(prison):
     fed, _, _ = prison
     rotated = psi("node", "rotate", "--config", fed.config_file("prison"), env=fed.env())
-    assert rotated.returncode == 0 and "key epoch 2 started" in rotated.stdout
+    assert rotated.returncode == 0 and "key epoch 2 prepared" in rotated.stdout
     built = psi("node", "build", "--config", fed.config_file("prison"), env=fed.env())
     assert built.returncode == 0 and "epoch 2: version 1 published" in built.stdout
+    assert "key epoch 2 started; epoch 1 retired" in built.stdout
     ca = (fed.certs / "ca.pem").read_bytes()
     creds = grpc.ssl_channel_credentials(
         ca,

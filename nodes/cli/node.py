@@ -74,6 +74,9 @@ def build(args: argparse.Namespace) -> int:
                 f"{dataset} [{r.profile}] epoch {r.epoch}: {what}; {r.entries} entries, "
                 f"{r.evaluated} evaluated, +{r.added} -{r.removed}"
             )
+        retired = {r.retired for r in reports} - {None}
+        if retired:
+            print(f"{dataset}: key epoch {reports[0].epoch} started; epoch {retired.pop()} retired")
         if len(register_rows.rejects):
             print(f"{dataset}: {len(register_rows.rejects)} bad rows listed in {rejects}")
     return 0
@@ -102,8 +105,9 @@ def rotate(args: argparse.Namespace) -> int:
     for dataset in _datasets(state, args.dataset):
         epoch = state.rotate(dataset)
         print(
-            f"{dataset}: key epoch {epoch} started; the previous one is retired. "
-            f"Run `psi node build --config {args.config}` to publish its tables."
+            f"{dataset}: key epoch {epoch} prepared; epoch {epoch - 1} serves until "
+            f"`psi node build --config {args.config}` publishes epoch {epoch}'s tables, "
+            "then is retired"
         )
     return 0
 

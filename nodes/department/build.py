@@ -81,12 +81,13 @@ def build_dataset_table(
     label_size: int = 0,
     progress: Progress | None = None,
 ) -> tuple[Table, int]:
-    """The labelled table of ``register`` for the dataset's current epoch and the field profile
-    ``fields``: under that profile's key, keeping only those fields in labels. Also returns how
-    many OPRF evaluations it took (the rest came from ``cache``, which must be the profile's)."""
-    epoch, _ = keyring.current(dataset)
+    """The labelled table of ``register`` for the field profile ``fields`` and the epoch tables
+    are built for (the prepared one during a rotation, else the current one): under that
+    profile's key, keeping only those fields in labels. Also returns how many OPRF evaluations it
+    took (the rest came from ``cache``, which must be the profile's)."""
+    epoch, seed = keyring.build_epoch(dataset)
     granted = frozenset(fields)
-    key = server_key(oprf, keyring, dataset, epoch, granted)
+    key = oprf.derive_key_pair(seed, key_info(dataset, epoch, granted))
     people = list(register.people)
     outputs, computed = evaluate_people(oprf, key, people, cache, progress)
     handle_key = keyring.handle_key(dataset)

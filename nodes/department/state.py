@@ -12,8 +12,9 @@ Layout (under ``[node] state``)::
 
 A profile is the set of label fields a grant allows; each gets its own OPRF key and tables, so
 fields a client may not see are never encrypted for it, and its outputs open no other profile's
-table. Rotation retires an epoch and deletes its folder: the seed is gone, so nothing in it could
-be used again anyway.
+table. Rotation prepares the next epoch, whose tables the next build writes beside the current
+epoch's; once they are published the new epoch starts, and the old one is retired and its folder
+deleted: the seed is gone, so nothing in it could be used again anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nodes.department.build import build_dataset_table
@@ -51,6 +52,7 @@ class BuildReport:
     added: int
     removed: int
     published: bool
+    retired: int | None = None  # the epoch this build's tables replaced (a rotation completed)
 
 
 class NodeState:
@@ -167,20 +169,25 @@ class NodeState:
         )
 
     def build(self, dataset_id: str, progress: Progress | None = None) -> list[BuildReport]:
-        """(Re)build every profile's table of a dataset for the current epoch, each under its own
-        key. Only people not evaluated before under a profile's key are evaluated; a version is
-        published only when something changed."""
+        """(Re)build every profile's table of a dataset, each under its own key, for the current
+        epoch, or for the prepared one during a rotation, which then starts (``_start``). Only
+        people not evaluated before under a profile's key are evaluated; a version is published
+        only when something changed."""
         ring = self._writable_keyring()
         self._save_keyring(ring)
         register = self.served_register(dataset_id, ring)
         (self.root / dataset_id).mkdir(parents=True, exist_ok=True)
         write_rejects(self.root / dataset_id / "rejects.csv", register.rejects)
-        epoch, _ = ring.current(dataset_id)
+        epoch, _ = ring.build_epoch(dataset_id)
         profiles = self.registry.profiles(self.config, dataset_id)
-        return [
+        reports = [
             self._build_profile(register, ring, dataset_id, epoch, fields, progress)
             for fields in sorted(profiles, key=profile_name)
         ]
+        if ring.prepared(dataset_id) == epoch:
+            retired = self._start(ring, dataset_id)
+            reports = [replace(r, retired=retired) for r in reports]
+        return reports
 
     def _build_profile(
         self,
@@ -236,8 +243,26 @@ class NodeState:
         )
 
     def rotate(self, dataset_id: str) -> int:
-        """Start a new key epoch for a dataset; the retired epoch's files are deleted."""
+        """Prepare a new key epoch for a dataset. The current one serves on until ``build`` has
+        published every profile's table under the new one: make before break."""
         ring = self._writable_keyring()
+        epoch = ring.prepare(dataset_id)
+        self._save_keyring(ring)
+        self._audit(
+            {
+                "event": "key_rotated",
+                "dataset": dataset_id,
+                "key_epoch": epoch,
+                "outcome": "prepared",
+                "detail": f"epoch {ring.current(dataset_id)[0]} serves until it is built",
+            }
+        )
+        return epoch
+
+    def _start(self, ring: KeyRing, dataset_id: str) -> int:
+        """Start the prepared epoch, whose tables are published: the old one is retired in the
+        same write of the key ring (the server picks it up on its next call) and its files are
+        deleted, the seed being gone. Returns the retired epoch."""
         old, _ = ring.current(dataset_id)
         epoch = ring.rotate(dataset_id)
         self._save_keyring(ring)
@@ -246,8 +271,9 @@ class NodeState:
                 "event": "key_rotated",
                 "dataset": dataset_id,
                 "key_epoch": epoch,
+                "outcome": "started",
                 "detail": f"epoch {old} retired",
             }
         )
         shutil.rmtree(self.root / dataset_id / f"e{old}", ignore_errors=True)
-        return epoch
+        return old
