@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from psi.errors import KinlinkError
+
+# gRPC's C core logs handshake failures and the like to stderr at INFO; it reads this only when
+# it loads, so it is set before any subcommand imports grpc. Set GRPC_VERBOSITY to see them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 COMMANDS = (
     "synth",

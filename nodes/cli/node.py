@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import threading
@@ -15,6 +14,7 @@ from nodes.department.check import check_node
 from nodes.department.node import start_node
 from nodes.department.state import NodeState
 from nodes.shared.config import load_node_config
+from nodes.shared.logs import FORMATS, configure, level
 from nodes.shared.progress import progress
 from psi.errors import InputError
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
@@ -36,10 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name in ("build", "rotate"):
             action.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
         if name == "serve":
+            action.description += (
+                "; node.toml and certificates are read at start: restart after changing them "
+                "(approvals, dispute decisions, builds and rotations need no restart)"
+            )
             action.add_argument(
                 "--port-file",
                 type=Path,
-                help="write the port actually bound here (for --listen port 0)",
+                help="write the port actually bound here (for node.toml's listen = HOST:0)",
+            )
+            action.add_argument(
+                "-v", "--verbose", action="count", default=0, help="log more (repeatable)"
+            )
+            action.add_argument("-q", "--quiet", action="count", default=0, help="log less")
+            action.add_argument(
+                "--log-format", choices=FORMATS, default="text", help="log lines (default text)"
             )
     add_actions(actions)  # catalog, disputes: nodes/cli/node_admin.py
 
@@ -115,15 +126,15 @@ def rotate(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     config.state.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=config.state / "node.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure(args.log_format, level(args.verbose, args.quiet), config.state / "node.log")
     node = start_node(config, passphrase_from_env())
     if args.port_file:
         args.port_file.write_text(f"{node.port}\n")
-    print(f"node {config.id} serving {', '.join(config.datasets)} on port {node.port}", flush=True)
+    metrics = f"; metrics on port {node.metrics_port}" if node.metrics_port else ""
+    print(
+        f"node {config.id} serving {', '.join(config.datasets)} on port {node.port}{metrics}",
+        flush=True,
+    )
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -146,28 +146,24 @@ class LocalFederation:
         for department in self.registers:
             port_file = self.root / department / "port"
             port_file.unlink(missing_ok=True)
-            self.processes[department] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "nodes.cli",
-                    "node",
-                    "serve",
-                    "--config",
-                    str(self.config_file(department)),
-                    "--port-file",
-                    str(port_file),
-                ],
-                env=self.env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            # stderr to a file, not a pipe nobody drains while the node runs (it would block)
+            with open(self.stderr_file(department), "wb") as stderr:
+                self.processes[department] = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "nodes.cli", "node", "serve"),
+                        *("--config", str(self.config_file(department))),
+                        *("--port-file", str(port_file)),
+                    ],
+                    env=self.env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
         deadline = time.monotonic() + START_TIMEOUT
         for department, process in self.processes.items():
             port_file = self.root / department / "port"
             while not (port_file.exists() and port_file.read_text().strip()):
                 if process.poll() is not None:
-                    error = process.stderr.read().decode(errors="replace").strip()
+                    error = self.stderr_file(department).read_text(errors="replace").strip()
                     raise KinlinkError(f"node {department} did not start: {error}")
                 if time.monotonic() > deadline:
                     raise KinlinkError(f"node {department} did not start in {START_TIMEOUT} s")
@@ -177,6 +173,10 @@ class LocalFederation:
             self.federation_file_of(client).write_text(
                 self.federation_toml(client), encoding="utf-8"
             )
+
+    def stderr_file(self, department: str) -> Path:
+        """Where the node process's stderr (its log lines) goes."""
+        return self.root / department / "serve.err"
 
     def federation_file_of(self, client: str) -> Path:
         """The federation file of one client (civil affairs' is ``federation_file``)."""
@@ -203,8 +203,6 @@ class LocalFederation:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            if process.stderr:
-                process.stderr.close()
         self.processes.clear()
 
     def __enter__(self) -> LocalFederation:

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nodes.department.accountability import AccountabilityServicer
 from nodes.department.budgets import Budgets
+from nodes.department.metrics import NodeMetrics
 from nodes.department.service import (
     SESSION_SECONDS,
     NodeService,
@@ -370,6 +371,8 @@ class RunningNode:
     state: NodeState
     budgets: Budgets
     audit: AuditLog
+    metrics: NodeMetrics | None = None
+    metrics_port: int | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def refresh_health(self) -> None:
@@ -387,24 +390,34 @@ class RunningNode:
     def stop(self, grace: float = 2.0) -> None:
         self.stop_event.set()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.budgets.close()
         self.audit.close()
 
 
 def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
-    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``)."""
+    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``),
+    and the Prometheus metrics on ``config.metrics`` where it is set."""
     state = NodeState(config, passphrase)
     state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
     config.state.mkdir(parents=True, exist_ok=True)
     budgets = Budgets(config.state / "budgets.sqlite")
     audit = open_party_log(config.state, config.id)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-    psi_pb2_grpc.add_DepartmentNodeServicer_to_server(
-        DepartmentNode(config, state, budgets, audit), server
+    metrics = NodeMetrics(state, budgets) if config.metrics else None
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[metrics.interceptor()] if metrics else [],
+        options=GRPC_OPTIONS,
     )
-    stats_pb2_grpc.add_StatisticsServicer_to_server(
-        StatisticsServicer(config, state, budgets, audit), server
+    services = (
+        DepartmentNode(config, state, budgets, audit),
+        StatisticsServicer(config, state, budgets, audit),
     )
+    for service in services:
+        service.metrics = metrics
+    psi_pb2_grpc.add_DepartmentNodeServicer_to_server(services[0], server)
+    stats_pb2_grpc.add_StatisticsServicer_to_server(services[1], server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -419,8 +432,9 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     port = server.add_secure_port(config.listen, server_credentials(config.tls))
     if port == 0:
         raise InputError(f"cannot listen on {config.listen}")
+    metrics_port = metrics.serve(config.metrics) if metrics and config.metrics else None
     server.start()
-    node = RunningNode(server, port, health_servicer, state, budgets, audit)
+    node = RunningNode(server, port, health_servicer, state, budgets, audit, metrics, metrics_port)
     node.refresh_health()
 
     def watch() -> None:  # pick up builds and rotations made by other processes

@@ -344,6 +344,11 @@ class Registry:
         ).fetchone()
         return _grant(row) if row else config.grant(client, dataset)
 
+    def clients(self) -> set[str]:
+        """The clients holding an approved grant."""
+        with self._store.connection() as db:
+            return {client for (client,) in db.execute("SELECT DISTINCT client FROM grants")}
+
     def profiles(self, config: NodeConfig, dataset: str) -> set[frozenset[str]]:
         """The label-field sets to build a table for: node.toml's grants' and approved ones'."""
         with self._store.connection() as db:

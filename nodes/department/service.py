@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -31,6 +31,9 @@ from psi.errors import InputError
 from psi.keys import KeyRingError
 from psi.labels import profile_name
 from psi.oprf import KeyPair
+
+if TYPE_CHECKING:
+    from nodes.department.metrics import NodeMetrics
 
 SESSION_SECONDS = 3600
 
@@ -100,6 +103,8 @@ def timestamp(seconds: float) -> Timestamp:
 class NodeService(Generic[S]):
     """Checks shared by a node's services; ``S`` is the service's session type."""
 
+    metrics: NodeMetrics | None = None  # set by start_node where metrics are served
+
     def __init__(self, config: NodeConfig, state: NodeState, budgets: Budgets, audit: AuditLog):
         self.config, self.state, self.budgets, self.audit = config, state, budgets, audit
         self.registry = state.registry
@@ -117,6 +122,8 @@ class NodeService(Generic[S]):
     def _record(self, event: dict) -> None:
         """Append to the audit log (counts and names only) and mirror a line to the node log."""
         self.audit.append(event)
+        if self.metrics is not None:
+            self.metrics.observe(event)
         counts = " ".join(f"{k}={v}" for k, v in event.items() if isinstance(v, int))
         log.info(
             "%s client=%s dataset=%s %s",

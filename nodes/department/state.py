@@ -6,6 +6,7 @@ Layout (under ``[node] state``)::
     budgets.sqlite                                query budgets (nodes.department.budgets)
     registry.sqlite                               access requests, approved grants, disputes
     <dataset>/rejects.csv                         bad register rows of the last build (masked)
+    <dataset>/last-build.json                     duration, time, entries, epoch of the last build
     <dataset>/e<epoch>/<profile>/outputs.bin      the profile's OPRF outputs (resumable builds)
     <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
     <dataset>/e<epoch>/<profile>/v000001-v000002.delta
@@ -19,8 +20,10 @@ deleted: the seed is gone, so nothing in it could be used again anyway.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,9 +39,10 @@ from psi.ids import write_rejects
 from psi.keys import KeyRing
 from psi.labels import profile_name
 from psi.oprf import Oprf
-from psi.table import Delta, Table, diff
+from psi.table import Delta, Table, atomic_write, diff
 
 Progress = Callable[[int], None]
+LAST_BUILD = "last-build.json"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class NodeState:
         epoch, or for the prepared one during a rotation, which then starts (``_start``). Only
         people not evaluated before under a profile's key are evaluated; a version is published
         only when something changed."""
+        started = time.perf_counter()
         ring = self._writable_keyring()
         self._save_keyring(ring)
         register = self.served_register(dataset_id, ring)
@@ -187,7 +192,21 @@ class NodeState:
         if ring.prepared(dataset_id) == epoch:
             retired = self._start(ring, dataset_id)
             reports = [replace(r, retired=retired) for r in reports]
+        record = {
+            "seconds": round(time.perf_counter() - started, 3),
+            "finished": time.time(),
+            "entries": max((r.entries for r in reports), default=0),
+            "epoch": epoch,
+        }
+        atomic_write(self.root / dataset_id / LAST_BUILD, [json.dumps(record).encode()])
         return reports
+
+    def last_build(self, dataset_id: str) -> dict:
+        """What the dataset's last build wrote to ``last-build.json`` (empty before one)."""
+        try:
+            return json.loads((self.root / dataset_id / LAST_BUILD).read_bytes())
+        except (OSError, ValueError):
+            return {}
 
     def _build_profile(
         self,
