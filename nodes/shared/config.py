@@ -200,7 +200,7 @@ def _tls(section: TomlReader) -> TlsFiles:
 # Every key each table may hold (docs/configuration.md documents each; a test holds them equal).
 KEYS: dict[str, tuple[str, ...]] = {
     "node.toml": ("node", "datasets", "grants"),
-    "[node]": ("id", "listen", "state", "tls", "metrics"),
+    "[node]": ("id", "listen", "state", "metrics", "tls"),
     "tls": ("ca", "cert", "key"),
     "[datasets.ID]": (
         "title",
