@@ -109,14 +109,10 @@ def matched(root: Path) -> set[str]:
         return {row["id_number"] for row in csv.DictReader(handle)}
 
 
-def test_a_misspelt_budget_is_named_by_check_and_build(root):
+def test_a_misspelt_budget_is_named_not_unlimited(root):
     (root / "typo.toml").write_text(node_toml(budget="per_sesion"))
-    for action in ("check", "build"):
-        run = psi(root, "node", action, "--config", "typo.toml", ok=(2,))
-        assert (
-            "grants[0].per_sesion: unknown key; did you mean per_session?"
-            in run.stdout + run.stderr
-        )
+    run = psi(root, "node", "check", "--config", "typo.toml", ok=(2,))
+    assert "grants[0].per_sesion: unknown key; did you mean per_session?" in run.stdout
 
 
 def test_undeclared_statuses_are_named_and_never_published(root):
