@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -518,11 +519,19 @@ def summary(result: IdColumn) -> str:
     )
 
 
-# 15 or more digits in a row, any script (\d matches full-width digits too), optionally split by
-# spaces or hyphens: where a full (17 digits + check) or legacy (15 digits) number may hide.
-_LOOKALIKE = re.compile(r"\d(?:[\s-]?\d){14}")
+# 15 or more digits (any script: \d matches full-width and other decimal digits), separated by
+# anything but letters, however much of it: spaces, double spaces, hyphens, dots, slashes,
+# underscores, commas. Where a full (17 digits + check) or legacy (15 digits) number may hide.
+_LOOKALIKE = re.compile(r"\d(?:[\W_]*\d){14}")
 
 
 def contains_identifier(text: str) -> bool:
-    """Whether free text may hold an identity number, so that logs and messages can refuse it."""
-    return _LOOKALIKE.search(text) is not None
+    """Whether free text may hold an identity number, so that logs and messages can refuse it.
+
+    NFKC first folds the look-alike spellings of digits and separators (full-width forms,
+    circled and superscript digits, ideographic and other spaces) into plain ones. Digits
+    separated by letters are not a number; digits separated by anything else are counted
+    together, so that ``150102_19800517_1237`` and ``150102.19800517.123X`` are caught as well
+    as ``150102 19800517 1237``. A price list or two dates in a row may be caught too: the cost of
+    never letting a number through is that such text must be reworded."""
+    return _LOOKALIKE.search(unicodedata.normalize("NFKC", text)) is not None

@@ -27,6 +27,7 @@ from nodes.shared.audit.log import (
     load_signing_key,
     public_key_path,
     public_key_pem,
+    read_log,
     verify_log,
 )
 from nodes.shared.audit.merkle import (
@@ -334,8 +335,26 @@ IDENTIFIER = "11010519491231002X"
         {"reason": "11010519491231002"},  # 17 digits, check character cut off
         {"reason": "110105491231002"},  # legacy 15-digit form
         {"legal_basis_ref": "１１０１０５１９４９１２３１００２Ｘ"},  # full-width digits
-        {"declared": 110105194912310021},
+        {"legal_basis_ref": "110105_19491231_002X"},  # any separator
         {"peer": {"cn": f"id {IDENTIFIER}"}},
+        {"detail": "x" * 5000},
+        {"reason": "a\nforged line"},
+    ],
+)
+def test_append_withholds_text_it_cannot_log_and_logs_the_event(tmp_path, key, change):
+    """The event is logged; the text that may hold a number, or is too long, is not."""
+    log = AuditLog(tmp_path / "log.sqlite", key, "prison")
+    log.append({**EVENT, **change})
+    (entry,) = read_log(tmp_path / "log.sqlite").entries
+    stored = json.dumps(entry, ensure_ascii=False)
+    assert "110105" not in stored and "１１０" not in stored and "xxxxx" not in stored
+    assert "(withheld: " in stored and "forged" not in stored
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"declared": 110105194912310021},
         {"dataset": b"\x01" * 32},  # a blinded element
         {"reason": bytearray(b"x")},
         {"peer": {"cn": "civil-affairs", "fingerprint": b"\x00" * 32}},

@@ -7,9 +7,13 @@ an Ed25519 key every ``sign_every`` entries and on demand (with every receipt). 
 the owner's public key recomputes the tree and checks every head (``verify_log``): an entry edited,
 deleted, moved or cut off after a head was signed no longer matches it.
 
-An entry holds counts and names only. ``append`` refuses bytes and anything that looks like an
-identity number (a run of 15 or more digits: the legacy 15-digit form and the 17 digits before an
-18-character number's check character), blinded or not, in any field.
+An entry holds counts and names only. ``append`` refuses bytes, and never stores anything that
+looks like an identity number (a run of 15 or more digits, whatever separates them: the legacy
+15-digit form and the 17 digits before an 18-character number's check character), blinded or not.
+Yet an event is never dropped: a text field that cannot be logged as it is (it may hold a number,
+or is over ``MAX_LOG_TEXT`` characters, or holds a line break or control character) is logged as a
+description of what was withheld (``loggable``), so that a client cannot keep its requests out of
+the log by stuffing them with digits.
 
 Storage is SQLite in WAL mode with ``synchronous=FULL``; each append, and the head it may sign, is
 one transaction, so a crash loses at most the entry being written and never leaves a half-entry.
@@ -96,6 +100,7 @@ COUNT_FIELDS = (
     "groups",  # statistics: groups of a grouped sum
 )
 LOG_FIELDS = ("index", "time")  # set by the log, never by the caller
+MAX_LOG_TEXT = 2000  # characters of one text field; longer text is withheld (``loggable``)
 FIELDS = ("event", "peer", *TEXT_FIELDS, *COUNT_FIELDS, *LOG_FIELDS)
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -173,6 +178,30 @@ _CHECKS: dict[str, Callable[[str, object], None]] = {
 }
 
 
+def withheld(value: str) -> str | None:
+    """Why ``value`` cannot be logged as it is (a description that can), or None if it can."""
+    if len(value) > MAX_LOG_TEXT:
+        return f"(withheld: {len(value)} characters, over the {MAX_LOG_TEXT} a log field holds)"
+    if contains_identifier(value):
+        return "(withheld: it may hold an identity number)"
+    if not value.isprintable():
+        return "(withheld: it holds a line break or control character)"
+    return None
+
+
+def loggable(event: Mapping[str, Any]) -> dict[str, Any]:
+    """``event`` with every text (and the peer's name) that cannot be logged as it is replaced by
+    a description of what was withheld: the event is logged, the text is not."""
+    safe = {
+        name: withheld(value) or value if name in TEXT_FIELDS and isinstance(value, str) else value
+        for name, value in event.items()
+    }
+    peer = event.get("peer")
+    if isinstance(peer, Mapping) and isinstance(peer.get("cn"), str):
+        safe["peer"] = {**peer, "cn": withheld(peer["cn"]) or peer["cn"]}
+    return safe
+
+
 def check_entry(entry: Mapping[str, Any], *, stored: bool = True) -> None:
     """Raise ValueError unless ``entry`` is a valid log entry (``stored``: with the fields the log
     sets) or a valid event for ``append`` (not ``stored``: without them)."""
@@ -185,7 +214,7 @@ def check_entry(entry: Mapping[str, Any], *, stored: bool = True) -> None:
             raise ValueError(f"unknown field {name!r}; known: {', '.join(FIELDS)}")
         if not stored and name in LOG_FIELDS:
             raise ValueError(f"field {name!r} is set by the log")
-        _refuse(name, value)
+        _refuse(name, value, digits=name != "time")  # a time's form is checked instead
         _CHECKS[name](name, value)
     for name in ("event", *LOG_FIELDS) if stored else ("event",):
         if name not in entry:
@@ -413,7 +442,10 @@ class AuditLog:
 
     def append(self, event: Mapping[str, Any]) -> int:
         """Append ``event`` (see ``FIELDS``) and return its index, once it is durable. The log
-        adds ``index`` and ``time`` (UTC, never earlier than the previous entry's)."""
+        adds ``index`` and ``time`` (UTC, never earlier than the previous entry's). Text that
+        cannot be logged is replaced by a description (``loggable``); a malformed event (unknown
+        fields, wrong types, bytes) is refused with ValueError."""
+        event = loggable(event)
         check_entry(event, stored=False)
         with self._transaction():
             state = self._state()
