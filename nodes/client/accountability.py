@@ -17,6 +17,7 @@ from nodes.client.client import CALL_TIMEOUT, Client
 from nodes.shared.accountability import check_fields, check_purposes, check_text, dispute_status
 from nodes.shared.config import FederationConfig
 from nodes.shared.store import Store
+from protocols.bounds import MAX_REF
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from psi.errors import InputError
 
@@ -213,7 +214,7 @@ class AccountabilityClient:
             purposes=check_purposes(purposes),
             label_fields=sorted(check_fields(fields)),
             expected_volume=volume,
-            legal_basis_ref=check_text("legal basis reference", legal_basis_ref),
+            legal_basis_ref=check_text("legal basis reference", legal_basis_ref, MAX_REF),
             justification=check_text("justification", justification),
         )
         status = self._rpc(node, lambda s: s.RequestAccess(message, timeout=CALL_TIMEOUT))

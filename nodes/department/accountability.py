@@ -19,7 +19,6 @@ from nodes.department.registry import (
 )
 from nodes.shared.accountability import (
     DISPUTE_PREFIX,
-    MAX_VOLUME,
     REQUEST_PREFIX,
     check_fields,
     check_purposes,
@@ -27,6 +26,7 @@ from nodes.shared.accountability import (
 )
 from nodes.shared.config import Grant, NodeConfig
 from nodes.shared.tls import Peer
+from protocols.bounds import MAX_REF
 from protocols.kinlink.v1 import psi_pb2
 from psi.errors import InputError
 from psi.labels import HANDLE_BYTES
@@ -71,12 +71,13 @@ def dispute_message(record: DisputeRecord) -> psi_pb2.Dispute:
 # -- node side -----------------------------------------------------------------------------------
 class AccountabilityServicer:
     """The RPCs of mechanisms 4 and 5, for ``DepartmentNode`` to inherit. Needs ``config``,
-    ``registry``, ``_peer(context)`` and ``_grant_for`` from it
+    ``registry``, ``_peer(context)``, ``_bounded`` and ``_grant_for`` from it
     (``nodes.department.service``); every answer is the calling client's own."""
 
     config: NodeConfig
     registry: Registry
     _peer: Callable[[grpc.ServicerContext], Peer]
+    _bounded: Callable[[grpc.ServicerContext, Peer, object], None]
     _record: Callable[[dict], None]
     _grant_for: Callable[[str, str], Grant | None]
 
@@ -92,13 +93,12 @@ class AccountabilityServicer:
         self, request: psi_pb2.AccessRequest, context: grpc.ServicerContext
     ) -> psi_pb2.AccessRequestStatus:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         self._known_dataset(context, request.dataset_id)
         try:
             purposes = check_purposes(request.purposes)
             fields = check_fields(request.label_fields)
-            if request.expected_volume > MAX_VOLUME:
-                raise InputError(f"expected_volume is over {MAX_VOLUME} identifiers a month")
-            legal_basis_ref = check_text("legal_basis_ref", request.legal_basis_ref)
+            legal_basis_ref = check_text("legal_basis_ref", request.legal_basis_ref, MAX_REF)
             justification = check_text("justification", request.justification)
         except InputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -139,6 +139,7 @@ class AccountabilityServicer:
         self, request: psi_pb2.ListAccessRequestsRequest, context: grpc.ServicerContext
     ) -> psi_pb2.AccessRequestList:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         try:
             records = self.registry.requests(peer.common_name, list(request.request_ids))
         except NotFound as exc:
@@ -149,6 +150,7 @@ class AccountabilityServicer:
         self, request: psi_pb2.DisputeRequest, context: grpc.ServicerContext
     ) -> psi_pb2.Dispute:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         self._known_dataset(context, request.dataset_id)
         if self._grant_for(peer.common_name, request.dataset_id) is None:
             context.abort(
@@ -187,6 +189,7 @@ class AccountabilityServicer:
         self, request: psi_pb2.ListDisputesRequest, context: grpc.ServicerContext
     ) -> psi_pb2.DisputeList:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         try:
             records = self.registry.disputes(peer.common_name, list(request.dispute_ids))
         except NotFound as exc:

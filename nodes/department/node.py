@@ -86,6 +86,7 @@ class DepartmentNode(
     # -- the service ----------------------------------------------------------------------------
     def GetCatalogue(self, request, context):
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         datasets = []
         for dataset in self.config.datasets.values():
             grant = self._grant_for(peer.common_name, dataset.id)
@@ -128,6 +129,7 @@ class DepartmentNode(
 
     def OpenSession(self, request, context):
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         event = self._checked(
             context,
             peer,
@@ -257,6 +259,7 @@ class DepartmentNode(
 
     def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         event = self._checked(
             context,
             peer,
@@ -324,6 +327,7 @@ class DepartmentNode(
 
     def CloseSession(self, request, context):
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         session = self._session(context, request.session_id, peer)
         with self._lock:
             self._sessions.pop(session.id, None)

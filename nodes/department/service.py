@@ -26,6 +26,7 @@ from nodes.shared.accountability import request_hint
 from nodes.shared.audit.log import AuditLog, check_entry
 from nodes.shared.config import STATISTICS_PURPOSE, Grant, NodeConfig
 from nodes.shared.tls import Peer, peer_identity
+from protocols.bounds import violation
 from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
 from psi.errors import InputError
 from psi.keys import KeyRingError
@@ -51,12 +52,27 @@ S = TypeVar("S", bound=_Owned)
 Problem = tuple[grpc.StatusCode, str]
 
 
+def bounds_problem(message) -> Problem | None:
+    """A field of a request past its bound (``protocols.bounds``), as a refusal, or None."""
+    found = violation(message)
+    if found is None:
+        return None
+    code = (
+        grpc.StatusCode.RESOURCE_EXHAUSTED if found.exhausted else grpc.StatusCode.INVALID_ARGUMENT
+    )
+    return code, f"request refused: {found}"
+
+
 def chunk_problem(
     session_id: str, chunk, expected: int, *, width: int, per_chunk: int, done: int, declared: int
 ) -> Problem | None:
     """Why a chunk of elements (``session_id``, ``sequence``, ``count``, ``elements``) breaks a
-    session's contract, or None: another session, out of order, too many elements, bytes that
-    are not ``count`` elements of ``width``, or more than the session declared."""
+    session's contract, or None: a field past its bound, another session, out of order, too many
+    elements, bytes that are not ``count`` elements of ``width``, or more than the session
+    declared."""
+    bounds = bounds_problem(chunk)
+    if bounds:
+        return bounds
     if chunk.session_id and chunk.session_id != session_id:
         return grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one session"
     if chunk.sequence != expected:
@@ -139,6 +155,14 @@ class NodeService(Generic[S]):
             {**event, "event": "session_refused", "outcome": code.name.lower(), "reason": message}
         )
         context.abort(code, message)
+
+    def _bounded(self, context, peer: Peer, request) -> None:
+        """Refuse a request with a field past its bound (``protocols.bounds``) before anything of
+        it is stored or computed; the refusal is logged, naming the field but not its value."""
+        problem = bounds_problem(request)
+        if problem:
+            event = {"peer": peer_field(peer), "detail": request.DESCRIPTOR.name}
+            self._refuse(context, *problem, event)
 
     def _checked(self, context, peer: Peer, **text: str) -> dict:
         """The caller's free-text fields as an audit event base; text that looks like an

@@ -26,6 +26,7 @@ from nodes.department.service import (
     SESSION_SECONDS,
     NodeService,
     Problem,
+    bounds_problem,
     chunk_problem,
     outcome,
     peer_field,
@@ -103,6 +104,7 @@ class _Session:
 class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsServicer):
     def OpenStatistics(self, request, context):
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         event = self._checked(
             context,
             peer,
@@ -263,6 +265,7 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
 
     def FetchNodeSet(self, request, context) -> Iterator[stats_pb2.ElementChunk]:
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         session = self._session(context, request.session_id, peer)
         with session.lock:
             if session.node_set_sent:
@@ -367,6 +370,9 @@ class _SumRun:
         return counts
 
     def add(self, chunk, expected: int) -> Problem | None:
+        bounds = bounds_problem(chunk)
+        if bounds:
+            return bounds
         if chunk.session_id and chunk.session_id != self.session.id:
             return _invalid("a stream serves one session")
         if chunk.sequence != expected:

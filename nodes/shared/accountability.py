@@ -11,26 +11,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from protocols.bounds import MAX_TEXT
 from protocols.kinlink.v1 import psi_pb2
 from psi.errors import InputError
 from psi.ids import contains_identifier
 from psi.labels import FIELDS, HANDLE_BYTES
 
-MAX_TEXT = 1000  # characters of one free-text field
-MAX_VOLUME = 10**9  # identifiers a month: about every plausible number of a province's adults
-
 _CODE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 REQUEST_PREFIX, DISPUTE_PREFIX = "REQUEST_STATUS_", "DISPUTE_STATUS_"
 
 
-def check_text(name: str, value: str) -> str:
-    """Free text as it may travel and be stored: present, within MAX_TEXT and without a long
-    digit run (never echoed: it may be exactly the identity number that must not appear)."""
+def check_text(name: str, value: str, most: int = MAX_TEXT) -> str:
+    """Free text as it may travel and be stored: present, within ``most`` characters (the wire's
+    bound, protocols.bounds) and without a long digit run (never echoed: it may be exactly the
+    identity number that must not appear)."""
     value = value.strip()
     if not value:
         raise InputError(f"{name} is required")
-    if len(value) > MAX_TEXT:
-        raise InputError(f"{name} is {len(value)} characters; at most {MAX_TEXT}")
+    if len(value) > most:
+        raise InputError(f"{name} is {len(value)} characters; at most {most}")
     if contains_identifier(value):
         raise InputError(
             f"{name} seems to hold an identity or card number; leave it out (a dispute names its "
