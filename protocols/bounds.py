@@ -27,9 +27,7 @@ MAX_TEXT = 1000  # characters of free text: a justification, a dispute's reason 
 MAX_ELEMENTS = 10**9  # elements of one session (32 GB of elements each way)
 MAX_VOLUME = 10**9  # identifiers a month in an access request: more than a province's adults
 MAX_IDS = 1000  # request or dispute numbers listed in one call
-MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: request and dispute numbers, table versions
 MAX_GROUPS = 2**16  # groups, and ciphertexts per element, of a statistics session
-UINT32 = 2**32 - 1  # fields whose wire type is the bound: it fits every store
 
 
 @dataclass(frozen=True)
@@ -55,17 +53,19 @@ class Text:
 
 @dataclass(frozen=True)
 class Number:
-    """An unsigned integer of at most ``most``. ``exhausted``: past it, the request asks for
-    more than a message carries (RESOURCE_EXHAUSTED), rather than being malformed."""
+    """An unsigned integer of at most ``most`` (``shown`` so, where its digits would look like an
+    identity number). ``exhausted``: past it, the request asks for more than a message carries
+    (RESOURCE_EXHAUSTED), rather than being malformed."""
 
     most: int
     exhausted: bool = False
+    shown: str = ""
 
     def problem(self, value: int) -> str | None:
-        return f"is over {self.most:,}" if value > self.most else None
+        return f"is over {self.shown or f'{self.most:,}'}" if value > self.most else None
 
     def describe(self) -> str:
-        return f"at most {self.most:,}" if self.most != UINT32 else "uint32"
+        return f"at most {self.shown or f'{self.most:,}'}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ NAME, REF, TEXT = Text(MAX_NAME), Text(MAX_REF), Text(MAX_TEXT)
 ELEMENTS = Blob(CHUNK_BYTES, exhausted=True)
 COUNT = Number(ELEMENTS_PER_CHUNK, exhausted=True)
 SEQUENCE = Number(MAX_ELEMENTS)  # a chunk holds at least one element
-EPOCH = VERSION = Number(UINT32)
+UINT32 = Number(2**32 - 1, shown="2^32 - 1 (the wire type: it fits every store)")
+ROW_ID = Number(2**63 - 1, shown="2^63 - 1 (SQLite's largest integer)")
 # version (1) | len(n) (2) | n | hs (the bytes of n²): psi.paillier.PublicKey.to_bytes
 PAILLIER_KEY = Blob(3 + 3 * MAX_KEY_BITS // 8)
 
@@ -122,8 +123,8 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "legal_basis_ref": REF,
         "element_count": Number(MAX_ELEMENTS),
         "suite": NAME,
-        "key_epoch": EPOCH,
-        "protocol_version": VERSION,
+        "key_epoch": UINT32,
+        "protocol_version": UINT32,
     },
     "EvaluateChunk": {
         "session_id": NAME,
@@ -133,8 +134,8 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
     },
     "FetchTableRequest": {
         "dataset_id": NAME,
-        "key_epoch": EPOCH,
-        "since_version": Number(MAX_ROW_ID),
+        "key_epoch": UINT32,
+        "since_version": ROW_ID,
         "purpose_code": NAME,
         "legal_basis_ref": REF,
     },
@@ -147,21 +148,21 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "legal_basis_ref": REF,
         "justification": TEXT,
     },
-    "ListAccessRequestsRequest": {"request_ids": Many(Number(MAX_ROW_ID), MAX_IDS)},
+    "ListAccessRequestsRequest": {"request_ids": Many(ROW_ID, MAX_IDS)},
     "DisputeRequest": {
         "dataset_id": NAME,
         "record_handle": Blob(HANDLE_BYTES),
         "reason": TEXT,
         "evidence_ref": TEXT,
     },
-    "ListDisputesRequest": {"dispute_ids": Many(Number(MAX_ROW_ID), MAX_IDS)},
+    "ListDisputesRequest": {"dispute_ids": Many(ROW_ID, MAX_IDS)},
     "OpenStatisticsRequest": {
         "dataset_id": NAME,
         "purpose_code": NAME,
         "legal_basis_ref": REF,
         "protocol": NAME,
         "element_count": Number(MAX_ELEMENTS),
-        "protocol_version": VERSION,
+        "protocol_version": UINT32,
         "paillier_public_key": PAILLIER_KEY,
         "ciphertexts_per_element": Number(2 * MAX_GROUPS),
         "groups": Number(MAX_GROUPS),

@@ -11,8 +11,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protocols import generate
+from protocols.bounds import BOUNDS, violation
 from protocols.kinlink.v1 import psi_pb2 as pb
 from protocols.kinlink.v1 import psi_pb2_grpc as pb_grpc
+from protocols.kinlink.v1 import stats_pb2
 from protocols.limits import (
     ELEMENTS_PER_CHUNK,
     MAX_MESSAGE_BYTES,
@@ -114,6 +116,49 @@ def test_service_has_the_query_methods():
     assert methods["FetchTable"].server_streaming and not methods["FetchTable"].client_streaming
     assert hasattr(pb_grpc, "DepartmentNodeStub")
     assert hasattr(pb_grpc, "add_DepartmentNodeServicer_to_server")
+
+
+def _requests() -> dict[str, list[str]]:
+    """Every message a node receives (the inputs of both services, and the messages inside
+    them): its fields, from the .proto files."""
+    found: dict[str, list[str]] = {}
+
+    def walk(message) -> None:
+        if message.name not in found:
+            found[message.name] = [f.name for f in message.fields]
+            for field in message.fields:
+                if field.message_type is not None:
+                    walk(field.message_type)
+
+    for file in (pb.DESCRIPTOR, stats_pb2.DESCRIPTOR):
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                walk(method.input_type)
+    return found
+
+
+def test_every_request_field_has_a_bound_listed_in_the_protocol_doc():
+    """No field a client sends goes unbounded by omission: the table is the .proto's fields,
+    exactly, and docs/protocol.md lists each bound as the code has it."""
+    assert {m: sorted(f) for m, f in _requests().items()} == {
+        m: sorted(f) for m, f in BOUNDS.items()
+    }
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    for message, fields in BOUNDS.items():
+        for field, bound in fields.items():
+            assert f"| `{message}.{field}` | {bound.describe()} |" in doc, (message, field)
+
+
+def test_a_violation_names_the_field_and_never_the_value():
+    found = violation(pb.OpenSessionRequest(legal_basis_ref="1" * 300, element_count=2**63))
+    assert str(found) == "OpenSessionRequest.legal_basis_ref is 300 characters; at most 200"
+    found = violation(pb.ListDisputesRequest(dispute_ids=[1, 2**63]))
+    assert "2^63 - 1" in str(found) and "9223" not in str(found)
+    nested = stats_pb2.SumChunk(pairs=stats_pb2.PairBlock(count=70_000))
+    assert (
+        str(violation(nested)) == "PairBlock.count is over 65,536" and violation(nested).exhausted
+    )
+    assert violation(pb.OpenSessionRequest(dataset_id="prison", element_count=10)) is None
 
 
 def test_ten_million_elements_chunk_under_the_limit_and_reassemble():
