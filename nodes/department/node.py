@@ -130,8 +130,7 @@ class DepartmentNode(
     def OpenSession(self, request, context):
         peer = self._peer(context)
         self._bounded(context, peer, request)
-        event = self._checked(
-            context,
+        event = self._event(
             peer,
             dataset=request.dataset_id,
             purpose=request.purpose_code,
@@ -260,8 +259,7 @@ class DepartmentNode(
     def FetchTable(self, request, context) -> Iterator[psi_pb2.TableChunk]:
         peer = self._peer(context)
         self._bounded(context, peer, request)
-        event = self._checked(
-            context,
+        event = self._event(
             peer,
             dataset=request.dataset_id,
             purpose=request.purpose_code,

@@ -1,6 +1,7 @@
 """What every query service of a node checks and records, whatever it computes: the caller's
-certificate, its grant and purpose on the dataset, the protocol version, the budgets, free text
-that must not carry an identifier, and the session it names; refusals and events go to the audit
+certificate, every field of the request within its bound (``protocols.bounds``: sizes, and text
+that must not carry an identifier), its grant and purpose on the dataset, the protocol version,
+the budgets, and the session it names; refusals and events go to the audit
 log with counts and names only.
 
 The labelled-PSI service (``nodes.department.node.DepartmentNode``) and the statistics service
@@ -23,7 +24,7 @@ from nodes.department.budgets import BudgetExceeded, Budgets
 from nodes.department.build import server_key
 from nodes.department.state import NodeState
 from nodes.shared.accountability import request_hint
-from nodes.shared.audit.log import AuditLog, check_entry
+from nodes.shared.audit.log import AuditLog
 from nodes.shared.config import STATISTICS_PURPOSE, Grant, NodeConfig
 from nodes.shared.tls import Peer, peer_identity
 from protocols.bounds import violation
@@ -164,15 +165,11 @@ class NodeService(Generic[S]):
             event = {"peer": peer_field(peer), "detail": request.DESCRIPTOR.name}
             self._refuse(context, *problem, event)
 
-    def _checked(self, context, peer: Peer, **text: str) -> dict:
-        """The caller's free-text fields as an audit event base; text that looks like an
-        identity number is refused before it could reach any log."""
-        event = {"peer": peer_field(peer), **{k: v for k, v in text.items() if v}}
-        try:
-            check_entry({"event": "session_opened", **event}, stored=False)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request refused: {exc}")
-        return event
+    @staticmethod
+    def _event(peer: Peer, **text: str) -> dict:
+        """The caller's text fields, held to their bounds by ``_bounded`` already (no identity
+        number, printable, short), as the base of the call's audit events."""
+        return {"peer": peer_field(peer), **{k: v for k, v in text.items() if v}}
 
     def _grant_for(self, client: str, dataset: str) -> Grant | None:
         """The grant in force: node.toml's, or a later approval (nodes.department.registry)."""

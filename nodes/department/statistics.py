@@ -105,8 +105,7 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
     def OpenStatistics(self, request, context):
         peer = self._peer(context)
         self._bounded(context, peer, request)
-        event = self._checked(
-            context,
+        event = self._event(
             peer,
             dataset=request.dataset_id,
             purpose=request.purpose_code,
