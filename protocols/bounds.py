@@ -107,6 +107,7 @@ class Part:
 Bound = Text | Number | Blob | Many | Part
 
 NAME, REF, TEXT = Text(MAX_NAME), Text(MAX_REF), Text(MAX_TEXT)
+FIELDS = Many(NAME, 32)  # label field names (psi.labels.FIELDS has 6)
 ELEMENTS = Blob(CHUNK_BYTES, exhausted=True)
 COUNT = Number(ELEMENTS_PER_CHUNK, exhausted=True)
 SEQUENCE = Number(MAX_ELEMENTS)  # a chunk holds at least one element
@@ -125,6 +126,7 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "suite": NAME,
         "key_epoch": UINT32,
         "protocol_version": UINT32,
+        "label_fields": FIELDS,
     },
     "EvaluateChunk": {
         "session_id": NAME,
@@ -138,12 +140,13 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "since_version": ROW_ID,
         "purpose_code": NAME,
         "legal_basis_ref": REF,
+        "label_fields": FIELDS,
     },
     "CloseSessionRequest": {"session_id": NAME},
     "AccessRequest": {
         "dataset_id": NAME,
         "purposes": Many(NAME, 32),
-        "label_fields": Many(NAME, 32),
+        "label_fields": FIELDS,
         "expected_volume": Number(MAX_VOLUME),
         "legal_basis_ref": REF,
         "justification": TEXT,
