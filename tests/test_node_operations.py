@@ -5,8 +5,10 @@ The node is the real ``psi node serve`` process; metrics are scraped over HTTP."
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import date
 
@@ -132,3 +134,26 @@ def test_quiet_logs_nothing_but_problems_and_grpc_lines_come_when_asked_for(fed)
     assert " INFO kinlink" not in err and "session_opened" not in err
     log = (fed.root / NODE / "state" / "node.log").read_text(encoding="utf-8")
     assert "session_opened" in log  # from the first test: the file keeps what was logged
+
+
+def test_sighup_is_no_reload_and_says_so(fed):
+    node = Serving(fed)
+    try:
+        node.process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert node.process.poll() is None, "SIGHUP ended the node"
+    finally:
+        err = node.stop()
+    assert "is not reloaded; restart the node to apply a change (still serving)" in err
+
+
+def test_serve_help_names_no_missing_option_and_what_needs_a_restart():
+    run = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "node", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    text = " ".join(run.stdout.split())
+    assert run.returncode == 0 and "--listen" not in text
+    assert "restart after changing them" in text and "listen = HOST:0" in text

@@ -1,8 +1,9 @@
-"""``psi node build|serve|rotate|catalog|disputes``: what a department operator runs."""
+"""``psi node check|build|serve|rotate|catalog|disputes``: what a department operator runs."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import threading
@@ -18,6 +19,9 @@ from nodes.shared.logs import FORMATS, configure, level
 from nodes.shared.progress import progress
 from psi.errors import InputError
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
+
+log = logging.getLogger("kinlink.node")
+NO_RELOAD = "SIGHUP: %s is not reloaded; restart the node to apply a change (still serving)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -138,6 +142,8 @@ def serve(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
+    # SIGHUP would end the node by default; it is no reload either, so say so and serve on.
+    signal.signal(signal.SIGHUP, lambda *_: log.warning(NO_RELOAD, args.config))
     stopped.wait()
     node.stop()
     print(f"node {config.id} stopped", flush=True)
