@@ -137,7 +137,9 @@ def test_interrupted_build_resumes_and_rebuild_evaluates_only_new_people(
     keyring.add_dataset("health")
     key = server_key(oprf, keyring, "health", 1, FIELDS)
     people = [person(i) for i in range(5000)]
-    cache = OutputCache(tmp_path / "outputs.bin", keyring.handle_key("health"))
+    cache = OutputCache(
+        tmp_path / "outputs.bin", keyring.handle_key("health"), context="t", remedy="delete it"
+    )
 
     class Interrupted(Exception):
         pass
@@ -165,7 +167,9 @@ def test_new_version_ships_only_changes(tmp_path, oprf):
     rows = [[person(i), "imprisoned", "2025-01-01", "", "", "", f"PR-{i}"] for i in range(300)]
     path = tmp_path / "prison.csv"
     write_register(path, rows)
-    cache = OutputCache(tmp_path / "c.bin", keyring.handle_key("prison"))
+    cache = OutputCache(
+        tmp_path / "c.bin", keyring.handle_key("prison"), context="t", remedy="delete it"
+    )
     v1, _ = build_dataset_table(
         read_rows(csv_rows(path, {}), "p"), keyring, "prison", oprf=oprf, cache=cache
     )

@@ -1,6 +1,8 @@
 """The ``psi`` command line; each subcommand lives in ``nodes.cli.<name>``.
 
-A user mistake (``KinlinkError``) prints one clear line and exits 2; never a traceback.
+A user mistake (``KinlinkError``) prints one clear line and exits 2; never a traceback. Every
+file a command writes is owner-only (0600, folders 0700), whatever the umask it was started with
+(``nodes.shared.atrest.private_files``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib
 import os
 import sys
 
+from nodes.shared.atrest import private_files
 from psi.errors import KinlinkError
 
 # gRPC's C core logs handshake failures and the like to stderr at INFO; it reads this only when
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    private_files()
     try:
         return int(args.func(args) or 0)
     except KinlinkError as exc:

@@ -32,6 +32,14 @@ import grpc
 import numpy as np
 
 from nodes.shared.accountability import request_hint
+from nodes.shared.atrest import (
+    DamagedFile,
+    authenticated,
+    file_key,
+    private_files,
+    private_folder,
+    verified,
+)
 from nodes.shared.audit.log import open_party_log
 from nodes.shared.audit.receipts import ReceiptError, receipt_fields, verify_receipt
 from nodes.shared.cache import OutputCache, cache_keys
@@ -43,7 +51,16 @@ from psi.errors import InputError, KinlinkError
 from psi.labels import REGISTER_COLUMNS, Label, profile_name
 from psi.matching import Found, lookup_tags
 from psi.oprf import Oprf
-from psi.table import KEY_BYTES, TAG_BYTES, Delta, Table, apply, derive, entry_fingerprints
+from psi.table import (
+    KEY_BYTES,
+    TAG_BYTES,
+    Delta,
+    Table,
+    apply,
+    atomic_write,
+    derive,
+    entry_fingerprints,
+)
 
 MATCH_COLUMNS = (
     *REGISTER_COLUMNS[:-1],
@@ -220,13 +237,15 @@ class Client:
         self.retries, self.backoff = retries, backoff
         self._credentials = channel_credentials(config.tls)
         self._channels: dict[str, grpc.Channel] = {}
-        config.cache.mkdir(parents=True, exist_ok=True)
+        private_files()
+        private_folder(config.cache)
         secret_file = config.cache / "cache.key"
         if not secret_file.exists():
             fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(os.urandom(32))
         self._secret = secret_file.read_bytes()
+        self._table_key = file_key(self._secret, "tables")
         self.audit = open_party_log(config.cache, config.client)
         self._node_keys: dict[str, bytes] = {}
         self._caches: dict[tuple[str, str, int, str], OutputCache] = {}
@@ -284,8 +303,14 @@ class Client:
             key = (node, entry.dataset_id, entry.key_epoch, profile)
             if key not in self._caches:
                 folder = self.config.cache / node / entry.dataset_id / f"e{entry.key_epoch}"
-                path = folder / profile / "derived.bin"
-                self._caches[key] = OutputCache(path, self._secret, DERIVED_BYTES)
+                self._caches[key] = OutputCache(
+                    folder / profile / "derived.bin",
+                    self._secret,
+                    DERIVED_BYTES,
+                    context=f"derived/{node}/{entry.dataset_id}/e{entry.key_epoch}/{profile}",
+                    remedy="delete it: the next query asks the node again about the "
+                    "identifiers it held (charged to the budget)",
+                )
             return self._caches[key]
 
     def warm(self) -> threading.Thread:
@@ -625,10 +650,11 @@ class Client:
 
     def _table(self, plan: _Plan, purpose: str, legal_basis_ref: str) -> tuple[Table, int]:
         """The node's current table of the plan's field profile, from the local copy (beside the
-        profile's cache) plus a delta when there is one."""
+        profile's cache) plus a delta when there is one; a copy that fails its authenticator is
+        dropped and the table fetched whole."""
         node, dataset, folder = plan.node, plan.dataset, plan.cache.path.parent
         path = folder / "table.kltb"
-        held = Table.load(path) if path.exists() else None
+        held = self._held_table(node, path)
         since = held.header.version if held else 0
         stub = self._stub(node)
 
@@ -680,8 +706,25 @@ class Client:
         else:
             table = Table.from_bytes(payload, f"{node}/{dataset} table")
         folder.mkdir(parents=True, exist_ok=True)
-        table.save(path)
-        return Table.load(path), len(payload)
+        atomic_write(path, authenticated(table.iter_chunks(), self._table_key, self._name(path)))
+        return table, len(payload)
+
+    def _name(self, path: Path) -> str:
+        """What a table copy's MAC binds: its place in the cache (node, dataset, epoch)."""
+        return path.relative_to(self.config.cache).as_posix()
+
+    def _held_table(self, node: str, path: Path) -> Table | None:
+        if not path.exists():
+            return None
+        try:
+            body, _ = verified(path, self._table_key, self._name(path), "fetched again")
+        except DamagedFile as error:
+            self.record(
+                node, {"event": "table_fetched", "outcome": "copy_damaged", "detail": str(error)}
+            )
+            path.unlink()
+            return None
+        return Table.from_bytes(body, str(path))
 
 
 def write_matches(path: Path, results: Sequence[QueryResult]) -> int:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -37,8 +36,9 @@ from nodes.department.service import (
     peer_field,
     timestamp,
 )
-from nodes.department.state import NodeState
+from nodes.department.state import NodeState, Served
 from nodes.department.statistics import STATISTICS_SERVICE, StatisticsServicer, statistics_offer
+from nodes.shared.atrest import DamagedFile, private_folder
 from nodes.shared.audit.log import AuditLog, open_party_log
 from nodes.shared.audit.receipts import receipt_fields, sign_receipt
 from nodes.shared.config import NodeConfig
@@ -54,7 +54,7 @@ from protocols.limits import (
 from psi.errors import CryptoError, InputError
 from psi.oprf import KeyPair
 from psi.table import FORMAT as TABLE_FORMAT
-from psi.table import Delta, Table
+from psi.table import Delta
 
 SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
 
@@ -99,9 +99,12 @@ class DepartmentNode(
             version = self.state.latest(dataset.id, epoch, grant.fields) if epoch else 0
             size = 0
             if version:
-                size = Table.load(
-                    self.state.table_path(dataset.id, epoch, grant.fields, version)
-                ).header.count
+                try:
+                    size = self.state.table(
+                        dataset.id, epoch, grant.fields, version
+                    ).stored.header.count
+                except DamagedFile as error:  # FetchTable refuses it; the catalogue still lists
+                    log.error("%s", error)
             datasets.append(
                 psi_pb2.Dataset(
                     dataset_id=dataset.id,
@@ -281,16 +284,14 @@ class DepartmentNode(
             request.dataset_id, epoch, grant.fields
         ):
             base = 0 if base < latest else latest
-        if base == latest:
-            path, payload = None, None
-        elif base:
-            path = self.state.delta_path(request.dataset_id, epoch, grant.fields, base, latest)
-            payload = Delta.load(path)
-        else:
-            path = self.state.table_path(request.dataset_id, epoch, grant.fields, latest)
-            payload = Table.load(path)
-        size = path.stat().st_size if path else 0
-        digest = _sha256(path) if path else hashlib.sha256().digest()
+        served = None
+        if base != latest:
+            base, served = self._served(
+                context, request.dataset_id, epoch, grant, base, latest, event
+            )
+        payload = served.stored if served else None
+        size = len(served.body) if served else 0
+        digest = served.sha256 if served else hashlib.sha256().digest()
         header = payload.header if payload is not None else None
         yield psi_pb2.TableChunk(
             header=psi_pb2.TableHeader(
@@ -308,10 +309,8 @@ class DepartmentNode(
                 suite=self.state.oprf.suite.name,
             )
         )
-        if path:
-            with open(path, "rb") as handle:
-                while data := handle.read(TABLE_CHUNK_BYTES):
-                    yield psi_pb2.TableChunk(data=data)
+        for start in range(0, size, TABLE_CHUNK_BYTES):  # the checked bytes, not the file again
+            yield psi_pb2.TableChunk(data=bytes(served.body[start : start + TABLE_CHUNK_BYTES]))
         self._record(
             {
                 **event,
@@ -322,6 +321,30 @@ class DepartmentNode(
                 "bytes": size,
             }
         )
+
+    def _served(
+        self, context, dataset: str, epoch: int, grant, base: int, latest: int, event: dict
+    ) -> tuple[int, Served]:
+        """The delta from ``base`` (0: none) to ``latest``, else the whole table; a damaged
+        delta base costs the client a whole table, a damaged table is refused (the operator's
+        log names the file)."""
+        if base:
+            try:
+                return base, self.state.delta(dataset, epoch, grant.fields, base, latest)
+            except DamagedFile as error:
+                log.error("%s; the whole table is sent instead", error)
+        try:
+            return 0, self.state.table(dataset, epoch, grant.fields, latest)
+        except DamagedFile as error:
+            log.error("%s", error)
+            self._refuse(
+                context,
+                grpc.StatusCode.DATA_LOSS,
+                f"table version {latest} of {dataset!r} is damaged on the node; it is not "
+                "served until the operator builds a new version",
+                event,
+            )
+            raise AssertionError("unreachable") from None
 
     def CloseSession(self, request, context):
         peer = self._peer(context)
@@ -355,14 +378,6 @@ class DepartmentNode(
         )
         sign_receipt(receipt, self.audit, self.audit.sign_tree_head())
         return receipt
-
-
-def _sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.digest()
 
 
 @dataclass
@@ -403,7 +418,7 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     and the Prometheus metrics on ``config.metrics`` where it is set."""
     state = NodeState(config, passphrase)
     state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
-    config.state.mkdir(parents=True, exist_ok=True)
+    private_folder(config.state)
     budgets = Budgets(config.state / "budgets.sqlite")
     audit = open_party_log(config.state, config.id)
     metrics = NodeMetrics(state, budgets) if config.metrics else None

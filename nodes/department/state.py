@@ -7,7 +7,7 @@ Layout (under ``[node] state``)::
     registry.sqlite                               access requests, approved grants, disputes
     <dataset>/rejects.csv                         bad register rows of the last build (masked)
     <dataset>/last-build.json                     duration, time, entries, epoch of the last build
-    <dataset>/e<epoch>/<profile>/outputs.bin      the profile's OPRF outputs (resumable builds)
+    <dataset>/e<epoch>/<profile>/outputs.bin      the profile's sealed OPRF outputs (resumable)
     <dataset>/e<epoch>/<profile>/v000001.table    one table per version and label-field profile
     <dataset>/e<epoch>/<profile>/v000001-v000002.delta
 
@@ -16,21 +16,37 @@ fields a client may not see are never encrypted for it, and its outputs open no 
 table. Rotation prepares the next epoch, whose tables the next build writes beside the current
 epoch's; once they are published the new epoch starts, and the old one is retired and its folder
 deleted: the seed is gone, so nothing in it could be used again anyway.
+
+At rest (``nodes.shared.atrest``): files 0600, folders 0700; the output caches sealed and tables
+and deltas authenticated under keys derived from the dataset's handle key, which only the
+passphrase opens. A table is checked once per file the process sees (``served``); a damaged one
+is never served: the next build publishes a new version in full from the register.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from nodes.department.build import build_dataset_table
 from nodes.department.register import Register, csv_rows, read_rows, sql_rows
 from nodes.department.registry import Registry
+from nodes.shared.atrest import (
+    DamagedFile,
+    authenticated,
+    file_key,
+    private_files,
+    private_folder,
+    verified,
+)
 from nodes.shared.audit.log import open_party_log
 from nodes.shared.cache import OutputCache
 from nodes.shared.config import DatasetConfig, NodeConfig
@@ -43,6 +59,17 @@ from psi.table import Delta, Table, atomic_write, diff
 
 Progress = Callable[[int], None]
 LAST_BUILD = "last-build.json"
+
+log = logging.getLogger("kinlink.state")
+
+
+class Served(NamedTuple):
+    """A table or delta whose authenticator was checked: the object, its bytes as they go on the
+    wire (without the trailer) and their SHA-256."""
+
+    stored: Table | Delta
+    body: memoryview
+    sha256: bytes
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,9 @@ class NodeState:
         self._passphrase = passphrase
         self._lock = threading.Lock()
         self._keyring: tuple[float, KeyRing] | None = None
+        self._served: dict[Path, tuple[tuple[int, ...], Served]] = {}
+        self._served_lock = threading.Lock()
+        private_files()
         self.registry = Registry(self.root)
 
     # -- key ring ---------------------------------------------------------------------------------
@@ -93,7 +123,7 @@ class NodeState:
 
     def _writable_keyring(self) -> KeyRing:
         """The key ring for changing, created on first use with every configured dataset."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
         ring = self.keyring() if self.keyring_path.exists() else KeyRing()
         for dataset in self.config.datasets:
             if dataset not in ring.datasets():
@@ -129,18 +159,59 @@ class NodeState:
     def delta_path(
         self, dataset: str, epoch: int, fields: frozenset[str], base: int, version: int
     ) -> Path:
-        """The delta file from ``base`` to ``version``, made (and kept) on first request."""
-        path = self._delta_file(dataset, epoch, fields, base, version)
-        if not path.exists():
-            old = Table.load(self.table_path(dataset, epoch, fields, base))
-            new = Table.load(self.table_path(dataset, epoch, fields, version))
-            diff(old, new).save(path)
-        return path
-
-    def _delta_file(
-        self, dataset: str, epoch: int, fields: frozenset[str], base: int, version: int
-    ) -> Path:
         return self.folder(dataset, epoch, fields) / f"v{base:06d}-v{version:06d}.delta"
+
+    def table(self, dataset: str, epoch: int, fields: frozenset[str], version: int) -> Served:
+        """A table version, checked; ``DamagedFile`` when it fails its authenticator."""
+        return self.served(self.table_path(dataset, epoch, fields, version), dataset)
+
+    def delta(
+        self, dataset: str, epoch: int, fields: frozenset[str], base: int, version: int
+    ) -> Served:
+        """The delta from ``base`` to ``version``, made (and kept) on first request; a damaged
+        one is made again from the tables (``DamagedFile`` if one of them is damaged)."""
+        path = self.delta_path(dataset, epoch, fields, base, version)
+        if path.exists():
+            try:
+                return self.served(path, dataset)
+            except DamagedFile as error:
+                log.error("%s; making it again from the tables", error)
+        old = self.table(dataset, epoch, fields, base).stored
+        new = self.table(dataset, epoch, fields, version).stored
+        assert isinstance(old, Table) and isinstance(new, Table)
+        self._save(diff(old, new), path, dataset)
+        return self.served(path, dataset)
+
+    def _table_key(self, dataset: str) -> bytes:
+        return file_key(self.keyring().handle_key(dataset), "tables")
+
+    def _name(self, path: Path) -> str:
+        """What a table's MAC binds: its place in the state folder (dataset, epoch, profile,
+        version), so that no file can stand in for another."""
+        return path.relative_to(self.root).as_posix()
+
+    def _save(self, stored: Table | Delta, path: Path, dataset: str) -> None:
+        chunks = authenticated(stored.iter_chunks(), self._table_key(dataset), self._name(path))
+        atomic_write(path, chunks)
+
+    def served(self, path: Path, dataset: str) -> Served:
+        """The table or delta at ``path``, its authenticator checked once per file this process
+        sees (a file replaced or touched, by its identity and times, is checked again)."""
+        info = os.stat(path)
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        with self._served_lock:
+            known = self._served.get(path)
+            if known is not None and known[0] == identity:
+                return known[1]
+            remedy = (
+                f"the node does not serve it; run `psi node build --config {self.config.path}` "
+                "to publish a new version from the register"
+            )
+            body, digest = verified(path, self._table_key(dataset), self._name(path), remedy)
+            kind = Delta if path.suffix == ".delta" else Table
+            served = Served(kind.from_bytes(body, str(path)), memoryview(body), digest)
+            self._served[path] = (identity, served)
+            return served
 
     def is_built(self, dataset: str) -> bool:
         """Every profile of the dataset has a table for the current epoch."""
@@ -219,9 +290,21 @@ class NodeState:
     ) -> BuildReport:
         folder = self.folder(dataset, epoch, fields)
         folder.mkdir(parents=True, exist_ok=True)
-        cache = OutputCache(folder / "outputs.bin", ring.handle_key(dataset))
+        cache = OutputCache(
+            folder / "outputs.bin",
+            ring.handle_key(dataset),
+            context=f"outputs/{dataset}/e{epoch}/{profile_name(fields)}",
+            remedy=f"delete it and run `psi node build --config {self.config.path}` again "
+            "(every register member is evaluated again under the profile's key)",
+        )
         latest = self.latest(dataset, epoch, fields)
-        previous = Table.load(self.table_path(dataset, epoch, fields, latest)) if latest else None
+        previous = None
+        if latest:
+            try:
+                previous = self.table(dataset, epoch, fields, latest).stored
+            except DamagedFile as error:  # published anew in full: clients fetch it whole
+                log.error("%s; version %d is published in full", error, latest + 1)
+        assert previous is None or isinstance(previous, Table)
         table, evaluated = build_dataset_table(
             register,
             ring,
@@ -246,9 +329,11 @@ class NodeState:
                     "detail": f"profile {profile_name(fields)}",
                 }
             )
-            table.save(self.table_path(dataset, epoch, fields, latest + 1))
             if delta is not None:
-                delta.save(self._delta_file(dataset, epoch, fields, latest, latest + 1))
+                self._save(
+                    delta, self.delta_path(dataset, epoch, fields, latest, latest + 1), dataset
+                )
+            self._save(table, self.table_path(dataset, epoch, fields, latest + 1), dataset)
         return BuildReport(
             dataset,
             epoch,

@@ -7,28 +7,42 @@ Rows are keyed by a pseudorandom function of the identifier under a secret of th
 tested against candidate identifiers without that secret. A file of an older format is started
 afresh: it only ever saves work.
 
-The file is append-only: a header, then fixed-size records (key, row). ``put`` appends and fsyncs,
-so an interrupted build or query keeps everything it finished, and costs only what it adds; a torn
-last record (a crash mid-write) is ignored on reading. Reading sorts the keys once, and a batch of
-lookups is one binary search: a rerun looks up two million identifiers in about half a second
-instead of row by row. Two processes appending at once interleave whole records; the worst case
-is a row computed twice."""
+The file is sealed and append-only: a header, then segments, each one ``put``: its row count, a
+nonce and the AES-256-GCM encryption of its (key, row) records under a key derived from the same
+secret and the cache's ``context`` (whose cache: node, dataset, epoch), with the header and count
+as associated data. The rows (OPRF outputs, label keys) open labels, so they never touch the disk
+in clear; a segment moved from another cache, or damaged, fails to open and is ``DamagedFile``,
+never a smaller cache read as the truth. ``put`` appends under an exclusive lock and fsyncs, so an
+interrupted build or query keeps everything it finished, and costs only what it adds; a torn last
+segment (a crash mid-write) is ignored on reading and cut on the next ``put``. Reading decrypts
+each segment in one call and sorts the keys once, and a batch of lookups is one binary search: a
+rerun looks up two million identifiers in about half a second instead of row by row."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from nodes.shared.atrest import DamagedFile, file_key
 from psi.errors import InputError, Source
 
 FAMILY = b"KLOC"  # kinlink output cache
-MAGIC = FAMILY + b"\x00\x03"  # format 3: keys by cache_keys' AES CBC-MAC (2: keyed BLAKE2b)
+# format 4: sealed segments (3: records in clear, keyed by cache_keys; 2: keyed BLAKE2b)
+MAGIC = FAMILY + b"\x00\x04"
+SEGMENT = struct.Struct("<I12s")  # records in the segment, AES-GCM nonce
+GCM_TAG = 16
+MAX_SEGMENT_BYTES = 1 << 30  # below AES-GCM's one-call limit in OpenSSL bindings
 KEY_BYTES = 16
 MAX_IDENTIFIER = 31  # bytes: the identifier and its length fill two AES blocks
 _PERSON = b"kinlink-out-v2"  # BLAKE2b personalisation of the AES key: this cache's and no other
@@ -74,12 +88,17 @@ def _ascii(identifiers: Sequence[str] | np.ndarray) -> np.ndarray:
 
 
 class OutputCache:
-    """The rows (``width`` bytes each) of one (dataset, epoch) in one file."""
+    """The rows (``width`` bytes each) of one (dataset, epoch) in one file, sealed under
+    ``secret`` and ``context``; ``remedy`` says what to do when the file is damaged."""
 
-    def __init__(self, path: Path | str, secret: bytes, width: int = 64):
+    def __init__(
+        self, path: Path | str, secret: bytes, width: int = 64, *, context: str, remedy: str
+    ):
         self.path, self.secret, self.width = Path(path), secret, width
+        self.remedy = remedy
         self._header = MAGIC + width.to_bytes(2, "big")
         self._dtype = np.dtype([("key", "<u8", (2,)), ("output", np.uint8, (width,))])
+        self._aead = AESGCM(file_key(secret, f"cache/{context}"))
         self._sorted: tuple[np.ndarray, ...] | None = None
         self._lock = threading.Lock()  # one thread sorts; a lookup waits for it
 
@@ -92,34 +111,72 @@ class OutputCache:
         self._index()
 
     def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every complete record, its order by first key word, and both key words so sorted.
-        A key put twice (two writers racing) may stay twice: its output is the same."""
+        """Every record of the whole segments, its order by first key word, and both key words
+        so sorted. A key put twice (two writers racing) may stay twice: its output is the same."""
         with self._lock:
             if self._sorted is None:
                 self._sorted = self._read()
             return self._sorted
 
     def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        records = np.empty(0, self._dtype)
         data = self.path.read_bytes() if self.path.exists() else b""
+        parts = []
         if len(data) > len(self._header) and not self._stale(data):
-            if not data.startswith(self._header):
-                raise InputError(
-                    f"not an output cache of {self.width}-byte outputs; delete it to start "
-                    "afresh (it only saves work)",
-                    Source(str(self.path)),
-                )
-            body = memoryview(data)[len(self._header) :]
-            records = np.frombuffer(
-                body[: len(body) - len(body) % self._dtype.itemsize], self._dtype
-            )
+            self._check_header(data)
+            for start, count, end in self._segments(data):
+                parts.append(self._open(data, start, count, end))
+        records = np.frombuffer(b"".join(parts), self._dtype)
         first = np.ascontiguousarray(records["key"][:, 0])
         order = np.argsort(first)
         return records, order, first[order], records["key"][:, 1][order]
 
+    def _check_header(self, head: bytes) -> None:
+        if not head.startswith(self._header):
+            raise InputError(
+                f"not an output cache of {self.width}-byte outputs; delete it to start "
+                "afresh (it only saves work)",
+                Source(str(self.path)),
+            )
+
+    def _segments(self, data: bytes | BinaryIO) -> list[tuple[int, int, int]]:
+        """(start, records, end) of each whole segment, in ``data`` or an open file's bytes;
+        a torn last one (shorter than it says) is left out."""
+        if isinstance(data, bytes):
+            size, read = len(data), lambda at: data[at : at + SEGMENT.size]
+        else:
+            size = os.fstat(data.fileno()).st_size
+
+            def read(at: int) -> bytes:
+                data.seek(at)
+                return data.read(SEGMENT.size)
+
+        found, start = [], len(self._header)
+        while start + SEGMENT.size <= size:
+            count, _ = SEGMENT.unpack(read(start))
+            end = start + SEGMENT.size + count * self._dtype.itemsize + GCM_TAG
+            if end > size:
+                break
+            found.append((start, count, end))
+            start = end
+        return found
+
+    def _open(self, data: bytes, start: int, count: int, end: int) -> bytes:
+        _, nonce = SEGMENT.unpack_from(data, start)
+        try:
+            return self._aead.decrypt(
+                nonce, data[start + SEGMENT.size : end], self._header + data[start : start + 4]
+            )
+        except InvalidTag:
+            raise DamagedFile(
+                f"a segment at byte {start} fails its authenticator (damaged, altered or "
+                f"moved from another cache): {self.remedy}",
+                Source(str(self.path)),
+            ) from None
+
     @staticmethod
     def _stale(data: bytes) -> bool:
-        """Whether ``data`` starts an output cache of an older format: its keys mean nothing."""
+        """Whether ``data`` starts an output cache of an older format: its keys mean nothing,
+        or its rows lie in clear (started afresh, they are overwritten by the next ``put``)."""
         return data.startswith(FAMILY) and data[: len(MAGIC)] < MAGIC
 
     def lookup(
@@ -149,23 +206,35 @@ class OutputCache:
         return found, outputs
 
     def put(self, keys: np.ndarray, outputs: np.ndarray) -> None:
-        """Append and make durable before returning."""
+        """Seal and append as one segment (or several, past 1 GiB), durable before returning."""
         if not len(keys):
             return
         records = np.empty(len(keys), self._dtype)
         records["key"], records["output"] = keys, outputs
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        size = self.path.stat().st_size if self.path.exists() else 0
-        whole = size - (size - len(self._header)) % self._dtype.itemsize
-        with open(self.path, "a+b") as handle:
-            handle.seek(0)
-            if size <= len(self._header) or self._stale(handle.read(len(MAGIC))):
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "r+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # one writer at a time, across processes
+            head = handle.read(len(self._header))
+            if len(head) < len(self._header) or self._stale(head):
                 # new, torn inside the header, or of an older format
-                handle.truncate(0)
+                handle.seek(0)
+                handle.truncate()
                 handle.write(self._header)
-            elif whole != size:  # a torn last record: drop it, keep alignment
-                handle.truncate(whole)
-            handle.write(records.tobytes())
+                end = len(self._header)
+            else:
+                self._check_header(head)
+                whole = self._segments(handle)
+                end = whole[-1][2] if whole else len(self._header)
+                handle.truncate(end)  # a torn last segment: cut it
+            handle.seek(end)
+            per_segment = max(1, MAX_SEGMENT_BYTES // self._dtype.itemsize)
+            for lo in range(0, len(records), per_segment):
+                part = records[lo : lo + per_segment]
+                nonce = os.urandom(12)
+                count = struct.pack("<I", len(part))
+                sealed = self._aead.encrypt(nonce, part.tobytes(), self._header + count)
+                handle.write(count + nonce + sealed)
             handle.flush()
             os.fsync(handle.fileno())
         with self._lock:
