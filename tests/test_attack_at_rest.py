@@ -225,11 +225,14 @@ def test_every_file_is_owner_only_whatever_the_umask(prison, tmp_path):
 
 
 def test_a_damaged_table_is_rebuilt_by_psi_node_build(prison):
-    """The operator's remedy, as the error says: build again; a new version is published and
-    every member matches again."""
+    """The operator's remedy, as the error says: build again. A new version is published in full,
+    a client holding the damaged version gets the whole table, and the old version put back in
+    place of the new one (a rollback) is refused, not served as current."""
     fed, matched = prison
-    path = latest_table(fed)
-    flip(path, -100)
+    holder = client(fed)
+    holder.query("prison", "prison", matched, purpose="screening")  # holds the current version
+    damaged = latest_table(fed)
+    original = flip(damaged, -100)
     run = subprocess.run(
         [sys.executable, "-m", "nodes.cli", "node", "build", "--config", fed.config_file("prison")],
         capture_output=True,
@@ -238,7 +241,17 @@ def test_a_damaged_table_is_rebuilt_by_psi_node_build(prison):
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    assert latest_table(fed) != path, run.stdout
-    with client(fed) as civil:
-        found = len(civil.query("prison", "prison", matched, purpose="screening").matches)
-    assert found == len(matched)
+    current = latest_table(fed)
+    assert current != damaged, run.stdout
+    with holder, client(fed) as fresh:
+        for civil in (holder, fresh):
+            found = len(civil.query("prison", "prison", matched, purpose="screening").matches)
+            assert found == len(matched)
+    published = current.read_bytes()
+    damaged.write_bytes(original)
+    current.write_bytes(original)  # yesterday's table, its own MAC intact, in today's place
+    try:
+        with client(fed) as civil, pytest.raises(NodeError, match=r"DATA_LOSS.*damaged"):
+            civil.query("prison", "prison", matched, purpose="screening")
+    finally:
+        current.write_bytes(published)

@@ -279,6 +279,19 @@ class NodeState:
         except (OSError, ValueError):
             return {}
 
+    def outputs_cache(
+        self, dataset: str, epoch: int, fields: frozenset[str], ring: KeyRing | None = None
+    ) -> OutputCache:
+        """The sealed OPRF outputs of a dataset's register under a profile's key in ``epoch``."""
+        ring = ring or self.keyring()
+        return OutputCache(
+            self.folder(dataset, epoch, fields) / "outputs.bin",
+            ring.handle_key(dataset),
+            context=f"outputs/{dataset}/e{epoch}/{profile_name(fields)}",
+            remedy=f"delete it and run `psi node build --config {self.config.path}` again "
+            "(every register member is evaluated again under the profile's key)",
+        )
+
     def _build_profile(
         self,
         register: Register,
@@ -290,13 +303,7 @@ class NodeState:
     ) -> BuildReport:
         folder = self.folder(dataset, epoch, fields)
         folder.mkdir(parents=True, exist_ok=True)
-        cache = OutputCache(
-            folder / "outputs.bin",
-            ring.handle_key(dataset),
-            context=f"outputs/{dataset}/e{epoch}/{profile_name(fields)}",
-            remedy=f"delete it and run `psi node build --config {self.config.path}` again "
-            "(every register member is evaluated again under the profile's key)",
-        )
+        cache = self.outputs_cache(dataset, epoch, fields, ring)
         latest = self.latest(dataset, epoch, fields)
         previous = None
         if latest:
