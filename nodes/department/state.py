@@ -31,6 +31,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ Progress = Callable[[int], None]
 LAST_BUILD = "last-build.json"
 
 log = logging.getLogger("kinlink.state")
+CHECKED_FILES = 64  # tables and deltas kept checked (and mapped), the least recently used dropped
 
 
 class Served(NamedTuple):
@@ -97,8 +99,8 @@ class NodeState:
         self._passphrase = passphrase
         self._lock = threading.Lock()
         self._keyring: tuple[float, KeyRing] | None = None
-        self._served: dict[Path, tuple[tuple[int, ...], Served]] = {}
-        self._served_lock = threading.Lock()
+        self._checked: OrderedDict[Path, tuple[tuple[int, ...], Served]] = OrderedDict()
+        self._checked_lock = threading.Lock()
         private_files()
         self.registry = Registry(self.root)
 
@@ -199,9 +201,10 @@ class NodeState:
         sees (a file replaced or touched, by its identity and times, is checked again)."""
         info = os.stat(path)
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        with self._served_lock:
-            known = self._served.get(path)
+        with self._checked_lock:
+            known = self._checked.get(path)
             if known is not None and known[0] == identity:
+                self._checked.move_to_end(path)
                 return known[1]
             remedy = (
                 f"the node does not serve it; run `psi node build --config {self.config.path}` "
@@ -210,7 +213,9 @@ class NodeState:
             body, digest = verified(path, self._table_key(dataset), self._name(path), remedy)
             kind = Delta if path.suffix == ".delta" else Table
             served = Served(kind.from_bytes(body, str(path)), memoryview(body), digest)
-            self._served[path] = (identity, served)
+            self._checked[path] = (identity, served)
+            while len(self._checked) > CHECKED_FILES:
+                self._checked.popitem(last=False)
             return served
 
     def is_built(self, dataset: str) -> bool:
