@@ -17,15 +17,15 @@ import pytest
 from benchmarks.data import identifiers, register_rows, write_register
 from nodes.client.client import Client
 from nodes.demo.federation import LocalFederation
-from nodes.demo.synth import DEPARTMENTS, expected_matches, generate_city, write_city
+from nodes.demo.synth import expected_matches, generate_city, write_city
 from nodes.department.build import evaluate_people, server_key
 from nodes.department.state import NodeState
 from nodes.shared.config import load_federation, load_node_config
 
 AS_OF = date(2026, 11, 30)
-# A build committing every 250 evaluations, so that a kill lands between commits.
+# A build committing every 100 evaluations, so that a kill lands between commits.
 SMALL_CHUNKS = (
-    "import sys, nodes.department.build as b; b.CACHE_CHUNK = 250; "
+    "import sys, nodes.department.build as b; b.CACHE_CHUNK = 100; "
     "from nodes.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 QUERY = (
@@ -57,7 +57,7 @@ def killed(
 
 
 def test_kill_9_during_a_build_then_build_again(tmp_path):
-    people = identifiers(3000, seed=7)
+    people = identifiers(1500, seed=7)
     register = write_register(tmp_path / "prison.csv", register_rows(people))
     with LocalFederation(tmp_path / "fed", {"prison": register}) as fed:
         fed.setup()
@@ -66,14 +66,14 @@ def test_kill_9_during_a_build_then_build_again(tmp_path):
         status = killed(
             [sys.executable, "-c", SMALL_CHUNKS, "node", "build", "--config", str(config)],
             fed.env(),
-            when=lambda: outputs.exists() and outputs.stat().st_size > 2 * 250 * 80,
+            when=lambda: outputs.exists() and outputs.stat().st_size > 2 * 100 * 80,
         )
         assert status == -signal.SIGKILL, "the build ended before it could be killed"
         again = psi("node", "build", "--config", config, env=fed.env())
         assert again.returncode == 0, again.stderr
         evaluated = int(re.search(r"(\d+) evaluated", again.stdout).group(1))
         assert evaluated < len(people), "what the killed build committed was evaluated again"
-        assert "version 1 published; 3000 entries" in again.stdout
+        assert "version 1 published; 1500 entries" in again.stdout
         state = NodeState(load_node_config(config), fed.passphrase.encode())
         [fields] = state.registry.profiles(state.config, "prison")
         assert state.table("prison", 1, fields, 1).stored.header.count == len(people)
@@ -94,7 +94,7 @@ def test_kill_9_during_a_build_then_build_again(tmp_path):
 def federation(tmp_path_factory):
     city = generate_city(children=300, as_of=AS_OF, seed=13)
     paths = write_city(city, tmp_path_factory.mktemp("data"))
-    with LocalFederation(tmp_path_factory.mktemp("fed"), {d: paths[d] for d in DEPARTMENTS}) as fed:
+    with LocalFederation(tmp_path_factory.mktemp("fed"), {"prison": paths["prison"]}) as fed:
         fed.setup()
         fed.build()
         fed.start()
@@ -104,7 +104,7 @@ def federation(tmp_path_factory):
 def test_kill_9_during_queries_then_query_again(federation, tmp_path):
     fed, city, _ = federation
     matched = sorted(expected_matches(city)["prison"])
-    asked = sorted({*matched, *identifiers(1500, seed=9)})
+    asked = sorted({*matched, *identifiers(1000, seed=9)})
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(asked))
     derived = fed.root / "client-cache" / "prison" / "prison"

@@ -123,9 +123,8 @@ class OutputCache:
         parts = []
         if len(data) > len(self._header) and not self._stale(data):
             self._check_header(data)
-            for start, count, end in self._segments(data):
-                parts.append(self._open(data, start, count, end))
-        records = np.frombuffer(b"".join(parts), self._dtype)
+            parts = [self._open(data, *segment) for segment in self._segments(data)]
+        records = np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), self._dtype)
         first = np.ascontiguousarray(records["key"][:, 0])
         order = np.argsort(first)
         return records, order, first[order], records["key"][:, 1][order]
@@ -138,8 +137,8 @@ class OutputCache:
                 Source(str(self.path)),
             )
 
-    def _segments(self, data: bytes | BinaryIO) -> list[tuple[int, int, int]]:
-        """(start, records, end) of each whole segment, in ``data`` or an open file's bytes;
+    def _segments(self, data: bytes | BinaryIO) -> list[tuple[int, int]]:
+        """(start, end) of each whole segment, in ``data`` or an open file's bytes;
         a torn last one (shorter than it says) is left out."""
         if isinstance(data, bytes):
             size, read = len(data), lambda at: data[at : at + SEGMENT.size]
@@ -156,16 +155,15 @@ class OutputCache:
             end = start + SEGMENT.size + count * self._dtype.itemsize + GCM_TAG
             if end > size:
                 break
-            found.append((start, count, end))
+            found.append((start, end))
             start = end
         return found
 
-    def _open(self, data: bytes, start: int, count: int, end: int) -> bytes:
+    def _open(self, data: bytes, start: int, end: int) -> bytes:
         _, nonce = SEGMENT.unpack_from(data, start)
+        sealed = memoryview(data)[start + SEGMENT.size : end]  # no copy of a large segment
         try:
-            return self._aead.decrypt(
-                nonce, data[start + SEGMENT.size : end], self._header + data[start : start + 4]
-            )
+            return self._aead.decrypt(nonce, sealed, self._header + data[start : start + 4])
         except InvalidTag:
             raise DamagedFile(
                 f"a segment at byte {start} fails its authenticator (damaged, altered or "
@@ -225,7 +223,7 @@ class OutputCache:
             else:
                 self._check_header(head)
                 whole = self._segments(handle)
-                end = whole[-1][2] if whole else len(self._header)
+                end = whole[-1][1] if whole else len(self._header)
                 handle.truncate(end)  # a torn last segment: cut it
             handle.seek(end)
             per_segment = max(1, MAX_SEGMENT_BYTES // self._dtype.itemsize)
