@@ -4,6 +4,7 @@ is a clear error or a fresh fetch, never a smaller result; every file is owner-o
 
 from __future__ import annotations
 
+import csv
 import os
 import stat
 from datetime import date
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from nodes.client.client import Client, NodeError
+from nodes.client.screening import screen
+from nodes.client.screening.classify import CLASSES, NOT_ELIGIBLE
 from nodes.demo.federation import CLIENT, LocalFederation
 from nodes.demo.synth import expected_matches, generate_city, write_city
 from nodes.department.build import server_key
@@ -25,14 +28,26 @@ from psi.table import KEY_BYTES, TAG_BYTES, Table, derive, match, match_tags
 _clients = count()
 
 
+AS_OF = date(2026, 11, 30)
+REGISTERS = ("prison", "police")
+
+
 @pytest.fixture(scope="module")
-def prison(tmp_path_factory):
-    """One prison node built and serving, every file written under a permissive umask."""
-    city = generate_city(children=200, as_of=date(2026, 11, 30), seed=5)
-    paths = write_city(city, tmp_path_factory.mktemp("data"))
+def city(tmp_path_factory):
+    city = generate_city(children=200, as_of=AS_OF, seed=5)
+    return city, write_city(city, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def prison(city, tmp_path_factory):
+    """The prison node the attacks aim at, and police's (so that a screening has candidates),
+    built and serving, every file written under a permissive umask."""
+    city, paths = city
     previous = os.umask(0o022)
     try:
-        with LocalFederation(tmp_path_factory.mktemp("fed"), {"prison": paths["prison"]}) as fed:
+        with LocalFederation(
+            tmp_path_factory.mktemp("fed"), {d: paths[d] for d in REGISTERS}
+        ) as fed:
             fed.setup()
             fed.build()
             fed.start()
@@ -246,3 +261,35 @@ def test_a_damaged_table_is_rebuilt_by_psi_node_build(prison):
             civil.query("prison", "prison", matched, purpose="screening")
     finally:
         current.write_bytes(published)
+
+
+def classes(out: Path) -> dict[str, str]:
+    with open(out / "results.csv", encoding="utf-8", newline="") as handle:
+        return {row["child_id"]: row["classification"] for row in csv.DictReader(handle)}
+
+
+def test_a_rewritten_screening_memo_changes_no_class(prison, city, tmp_path):
+    """The vandal rewrites the memo a rerun reuses classes from (a valid file saying every child
+    is not eligible): before, the rerun reported every orphan as not eligible."""
+    fed, _ = prison
+    _, paths = city
+    first = screen(fed.federation_file, paths["roster"], AS_OF, tmp_path / "first")
+    [memo] = (fed.root / "client-cache" / "screening").glob("*.npz")
+    try:
+        with np.load(memo, allow_pickle=False) as data:
+            arrays = dict(data)
+    except (ValueError, OSError):  # sealed: nothing to rewrite but bytes
+        flip(memo, -5)
+    else:
+        arrays["classes"][:] = CLASSES.index(NOT_ELIGIBLE)
+        with open(memo, "wb") as handle:
+            np.savez(handle, **arrays)
+    try:
+        screen(fed.federation_file, paths["roster"], AS_OF, tmp_path / "again")
+    except InputError as error:
+        assert str(memo) in str(error) and "delete it" in str(error)
+        memo.unlink()
+        screen(fed.federation_file, paths["roster"], AS_OF, tmp_path / "again")
+    again = classes(tmp_path / "again")
+    lost = sum(again[c] != k for c, k in classes(first.out_dir).items())
+    assert not lost, f"{lost} children reported in a forged class"

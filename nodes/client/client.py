@@ -245,7 +245,7 @@ class Client:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(os.urandom(32))
         self._secret = secret_file.read_bytes()
-        self._table_key = file_key(self._secret, "tables")
+        self._table_key = self.file_key("tables")
         self.audit = open_party_log(config.cache, config.client)
         self._node_keys: dict[str, bytes] = {}
         self._caches: dict[tuple[str, str, int, str], OutputCache] = {}
@@ -270,6 +270,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def file_key(self, purpose: str) -> bytes:
+        """The key sealing or authenticating one kind of this client's own files (table
+        copies, the screening memo), derived from its cache secret."""
+        return file_key(self._secret, purpose)
 
     def identifier_keys(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Keyed digests, (n, 2) uint64, of canonical identifiers (text or an 'S18' array)

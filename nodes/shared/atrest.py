@@ -8,6 +8,10 @@ deltas, which the node publishes anyway, carry an HMAC-SHA256 trailer over their
 
     table or delta bytes | "KINLINKA" | u8 format | 32-byte HMAC-SHA256
 
+and a small file read whole (the screening memo) is sealed in one piece (``seal``/``unseal``)::
+
+    "KINLINKS" | u8 format | 12-byte nonce | AES-256-GCM ciphertext and tag
+
 The MAC covers the format and the file's name within its owner's state (dataset, epoch,
 profile, version) before the bytes, so a file cannot be moved into another's place (an old
 version over the current one) either. A mismatch is ``DamagedFile``: the file, and what to do.
@@ -27,7 +31,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from psi.errors import InputError, Source
@@ -36,6 +42,8 @@ FORMAT = 1
 TRAILER_MAGIC = b"KINLINKA"
 MAC_BYTES = 32
 TRAILER = struct.Struct(f"<8sB{MAC_BYTES}s")
+SEALED_MAGIC = b"KINLINKS"
+SEALED = struct.Struct("<8sB12s")
 _INFO = b"kinlink-at-rest-v1/"
 _BLOCK = 1 << 20
 
@@ -107,3 +115,36 @@ def verified(path: Path, key: bytes, name: str, remedy: str) -> tuple[np.ndarray
                 return body, digest.digest()
             problem = "fails its authenticator (damaged or altered)"
     raise DamagedFile(f"{problem}: {remedy}", source)
+
+
+def _sealed_ad(name: str) -> bytes:
+    return SEALED_MAGIC + bytes([FORMAT]) + name.encode()
+
+
+def seal(key: bytes, name: str, plaintext: bytes) -> bytes:
+    """``plaintext`` encrypted and authenticated, bound to ``name`` (the file's role)."""
+    nonce = os.urandom(12)
+    head = SEALED.pack(SEALED_MAGIC, FORMAT, nonce)
+    return head + AESGCM(key).encrypt(nonce, plaintext, _sealed_ad(name))
+
+
+def is_sealed(blob: bytes) -> bool:
+    """Whether ``blob`` is of ``seal``'s format (else: an older, unsealed file)."""
+    return blob.startswith(SEALED_MAGIC)
+
+
+def unseal(key: bytes, name: str, blob: bytes, source: Source, remedy: str) -> bytes:
+    """What ``seal`` sealed; ``DamagedFile`` naming ``source`` and ``remedy`` otherwise."""
+    if len(blob) < SEALED.size or not is_sealed(blob):
+        raise DamagedFile(f"not a sealed file: {remedy}", source)
+    _, version, nonce = SEALED.unpack_from(blob)
+    if version != FORMAT:
+        raise DamagedFile(
+            f"sealed in format {version} (this build reads {FORMAT}): {remedy}", source
+        )
+    try:
+        return AESGCM(key).decrypt(nonce, blob[SEALED.size :], _sealed_ad(name))
+    except InvalidTag:
+        raise DamagedFile(
+            f"fails its authenticator (damaged or altered): {remedy}", source
+        ) from None

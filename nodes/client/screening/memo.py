@@ -15,14 +15,15 @@ The memo lives in the client's cache folder, one file per history folder, and na
 file it belongs to: it is used only by the run that compares itself with that file. Children are
 indexed by the client's keyed digest of their identifier (``Client.identifier_keys``), like
 everything else in the cache; the statuses it keeps are what the labels in the same cache already
-say (docs/threat-model.md).
+say (docs/threat-model.md). It is sealed (``nodes.shared.atrest.seal``) under a key derived from
+the client's cache secret: a byte altered in it would otherwise change a child's class unseen.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -32,6 +33,9 @@ import numpy as np
 
 from nodes.client.screening.classify import CLASSES, NONE, NOT_ASKED, UNKNOWN
 from nodes.client.screening.rules import Rules
+from nodes.shared.atrest import is_sealed, seal, unseal
+from psi.errors import Source
+from psi.table import atomic_write
 
 FORMAT = 2  # 2: children keyed by the cache's CBC-MAC keys
 _ARRAYS = ("keys", "digests", "until", "classes", "fathers", "mothers")
@@ -120,11 +124,22 @@ def memo_path(cache: Path, history: Path) -> Path:
     return cache / "screening" / f"{name}.npz"
 
 
-def load(path: Path, expected: dict) -> Memo | None:
-    """The memo at ``path`` if it was made in ``expected``'s context; None otherwise (a memo
-    only saves work: an unreadable one is ignored)."""
+REMEDY = "delete it: the next run classifies every child afresh"
+
+
+def load(path: Path, expected: dict, key: bytes) -> Memo | None:
+    """The memo at ``path`` if it was made in ``expected``'s context; None when there is none,
+    or one of an older format or another context (a memo only saves work). One that fails its
+    authenticator is ``DamagedFile``: it is never read as if it were true."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    if not is_sealed(blob):
+        return None
+    plaintext = unseal(key, path.name, blob, Source(str(path)), REMEDY)
+    try:
+        with np.load(io.BytesIO(plaintext), allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode())
             if header.get("context") != expected:
                 return None
@@ -137,14 +152,12 @@ def load(path: Path, expected: dict) -> Memo | None:
         return None
 
 
-def save(path: Path, memo: Memo) -> None:
-    """Write atomically; sorts by key."""
+def save(path: Path, memo: Memo, key: bytes) -> None:
+    """Seal and write atomically; sorts by key."""
     order = np.argsort(memo.keys, kind="stable")
     header = json.dumps({"context": memo.context, "as_of": memo.as_of.isoformat()}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npz")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
+    with io.BytesIO() as handle:
         np.savez(
             handle,
             header=np.frombuffer(header, np.uint8),
@@ -155,4 +168,4 @@ def save(path: Path, memo: Memo) -> None:
             fathers=memo.fathers[order],
             mothers=memo.mothers[order],
         )
-    os.replace(partial, path)
+        atomic_write(path, [seal(key, path.name, handle.getvalue())])

@@ -329,11 +329,12 @@ def _screen(
         results = _ask(client, plan, minors.ids, as_of)
         keys = client.identifier_keys(roster.child_ids[minors.rows])[:, 0]
         memo_file = memo_path(client.config.cache, history)
+        memo_key = client.file_key("memo")
     datasets = [(n, d, r.epoch, held) for (n, d, held), r in zip(plan, results, strict=True)]
     reuse = _Reuse(rules, as_of, roster, minors, results, keys)
     if previous is not None and not retain_ineligible:
         context = memo.context(rules, datasets, Path(previous["file"]).name)
-        reuse.recall(memo.load(memo_file, context), previous, ages)
+        reuse.recall(memo.load(memo_file, context, memo_key), previous, ages)
     found = _records(plan, results, reuse.to_open())
     held = {s for _, _, statuses in plan for s in statuses}
     verdicts = _verdicts(roster, ages, reuse, found, as_of, rules)
@@ -363,7 +364,7 @@ def _screen(
         raise InputError(f"cannot keep the run in the history: {exc.strerror}") from exc
     context = memo.context(rules, datasets, result.history_file.name)
     try:
-        memo.save(memo_file, reuse.remember(children, found, context))
+        memo.save(memo_file, reuse.remember(children, found, context), memo_key)
     except OSError as exc:
         raise InputError(
             f"cannot keep the screening memo in the client's cache ({memo_file}): "
