@@ -1,6 +1,6 @@
 """What sealing and authenticating state at rest costs: ``psi node build``, a query with an empty
 client cache and its rerun from the cache, for this tree and a baseline commit, interleaved
-(baseline, this, baseline, this...) on the same data so that a shared machine's noise falls on
+(baseline, this, this, baseline...) on the same data so that a shared machine's noise falls on
 both; medians are reported.
 
     python -m benchmarks.at_rest [--baseline main] [--this HEAD] [--size 100000] [--rounds 2]
@@ -113,8 +113,8 @@ def main() -> None:
         data = write_register(root / f"{DEPARTMENT}.csv", register_rows(overlapping(args.size)[1]))
         sides: dict[str, list[dict]] = {"baseline": [], "this": []}
         loads = [load()]
-        for i in range(args.rounds):
-            for name, tree in trees.items():
+        for i in range(args.rounds):  # ABBA: neither side always runs second
+            for name, tree in list(trees.items())[:: 1 if i % 2 == 0 else -1]:
                 sides[name].append(run_side(tree, args, data, root / f"{name}-{i}"))
                 loads.append(load())
     medians = {

@@ -224,7 +224,8 @@ class OutputCache:
                 self._check_header(head)
                 whole = self._segments(handle)
                 end = whole[-1][1] if whole else len(self._header)
-                handle.truncate(end)  # a torn last segment: cut it
+                if end != os.fstat(handle.fileno()).st_size:
+                    handle.truncate(end)  # a torn last segment: cut it
             handle.seek(end)
             per_segment = max(1, MAX_SEGMENT_BYTES // self._dtype.itemsize)
             for lo in range(0, len(records), per_segment):
