@@ -120,13 +120,16 @@ def site(tmp_path_factory):
         cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: os.umask(0o022),
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not ((root / "port").exists() and (root / "port").read_text().strip()):
-            assert server.poll() is None and time.monotonic() < deadline, "the node did not start"
+            if server.poll() is not None:
+                pytest.fail(f"the node did not start: {server.stderr.read()}")
+            assert time.monotonic() < deadline, "the node did not start in time"
             time.sleep(0.05)
         site = Site(root)
         site.port = int((root / "port").read_text())
@@ -136,6 +139,7 @@ def site(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        server.stderr.close()
 
 
 # -- the thief, from docs/tables.md ------------------------------------------------------------
