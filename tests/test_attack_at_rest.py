@@ -78,8 +78,9 @@ def sealed_row(fed: LocalFederation, identifier: str, data: bytes, where: str) -
     node = state(fed)
     ring = node.keyring()
     epoch, _ = ring.current("prison")
+    [fields] = node.registry.profiles(node.config, "prison")
     output = node.oprf.evaluate_batch(
-        server_key(node.oprf, ring, "prison", epoch).sk, [identifier.encode()]
+        server_key(node.oprf, ring, "prison", epoch, fields).sk, [identifier.encode()]
     )
     tags, _ = derive("prison", epoch, output)
     table = readable_table(data)

@@ -62,11 +62,15 @@ def test_kill_9_during_a_build_then_build_again(tmp_path):
     with LocalFederation(tmp_path / "fed", {"prison": register}) as fed:
         fed.setup()
         config = fed.config_file("prison")
-        outputs = fed.root / "prison" / "state" / "prison" / "e1" / "outputs.bin"
+        epoch = fed.root / "prison" / "state" / "prison" / "e1"
+
+        def committed() -> bool:  # two segments of the profile's outputs are on disk
+            return any(p.stat().st_size > 2 * 100 * 80 for p in epoch.glob("*/outputs.bin"))
+
         status = killed(
             [sys.executable, "-c", SMALL_CHUNKS, "node", "build", "--config", str(config)],
             fed.env(),
-            when=lambda: outputs.exists() and outputs.stat().st_size > 2 * 100 * 80,
+            when=committed,
         )
         assert status == -signal.SIGKILL, "the build ended before it could be killed"
         again = psi("node", "build", "--config", config, env=fed.env())
@@ -77,13 +81,13 @@ def test_kill_9_during_a_build_then_build_again(tmp_path):
         state = NodeState(load_node_config(config), fed.passphrase.encode())
         [fields] = state.registry.profiles(state.config, "prison")
         assert state.table("prison", 1, fields, 1).stored.header.count == len(people)
-        key = server_key(state.oprf, state.keyring(), "prison", 1)
+        key = server_key(state.oprf, state.keyring(), "prison", 1, fields)
         sample = people[::37]
         cached, computed = evaluate_people(
             state.oprf,
             key,
             sample,
-            state.outputs_cache("prison", 1),
+            state.outputs_cache("prison", 1, fields),
         )
         assert computed == 0
         fresh, _ = evaluate_people(state.oprf, key, sample)

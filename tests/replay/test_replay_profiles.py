@@ -4,9 +4,9 @@
 Everything is set up as an operator and two clients would: ``psi synth``, ``psi certs init``, a
 node.toml and federation files written by hand, ``psi node build``, ``psi node serve`` and
 ``psi query`` as subprocesses. The attacker then works on bytes on disk with the constructions
-docs/tables.md publishes (its cache rows, the table layout, ChaCha20-Poly1305 from
-``cryptography``), importing nothing of kinlink's: the property must hold for whoever reads the
-files, not only for kinlink's own code.
+docs/tables.md publishes (its cache rows, opened with its own cache.key, the table layout,
+ChaCha20-Poly1305 from ``cryptography``), importing nothing of kinlink's: the property must hold
+for whoever reads the files, not only for kinlink's own code.
 """
 
 import csv
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 NODE = "prison"
 FULL, STATUS_ONLY = "civil-affairs", "education"
@@ -121,13 +123,25 @@ def query(root: Path, client: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def cache_rows(path: Path) -> list[tuple[int, bytes]]:
-    """A client's cached (tag, label key) pairs: after a 6-byte magic and a u16 row width,
+def cache_rows(path: Path, cache: Path) -> list[tuple[int, bytes]]:
+    """A client's cached (tag, label key) pairs, opened with its own ``cache.key`` as
+    docs/tables.md says: after a 6-byte magic and a u16 row width, AES-256-GCM segments of
     records of a 16-byte identifier key and the row, tag (u64 LE) then the 32-byte key."""
     data = path.read_bytes()
     width = int.from_bytes(data[6:8], "big")
     size = 16 + width
-    body = data[8 : 8 + (len(data) - 8) // size * size]
+    context = "derived/" + path.parent.relative_to(cache).as_posix()
+    key = HKDF(
+        hashes.SHA256(), 32, salt=None, info=b"kinlink-at-rest-v1/cache/" + context.encode()
+    ).derive((cache / "cache.key").read_bytes())
+    body, start = b"", 8
+    while start + 16 <= len(data):
+        count, nonce = struct.unpack_from("<I12s", data, start)
+        end = start + 16 + count * size + 16
+        body += AESGCM(key).decrypt(
+            nonce, data[start + 16 : end], data[:8] + data[start : start + 4]
+        )
+        start = end
     return [
         (int.from_bytes(body[i + 16 : i + 24], "little"), body[i + 24 : i + 56])
         for i in range(0, len(body), size)
@@ -177,7 +191,7 @@ def test_every_table_file_opens_only_status_for_a_status_only_client(world):
     rows = [
         r
         for path in (world / f"cache-{STATUS_ONLY}").rglob("derived.bin")
-        for r in cache_rows(path)
+        for r in cache_rows(path, world / f"cache-{STATUS_ONLY}")
     ]
     tables = sorted((world / "state").rglob("*.table"))
     tables += sorted((world / f"cache-{FULL}").rglob("table.kltb"))
