@@ -722,7 +722,7 @@ class Client:
         if not path.exists():
             return None
         try:
-            body, _ = verified(path, self._table_key, self._name(path), "fetched again")
+            body = verified(path, self._table_key, self._name(path), "fetched again")
         except DamagedFile as error:
             self.record(
                 node, {"event": "table_fetched", "outcome": "copy_damaged", "detail": str(error)}

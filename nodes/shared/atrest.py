@@ -84,10 +84,9 @@ def authenticated(chunks: Iterable[bytes], key: bytes, name: str) -> Iterator[by
     yield TRAILER.pack(TRAILER_MAGIC, FORMAT, mac.digest())
 
 
-def verified(path: Path, key: bytes, name: str, remedy: str) -> tuple[np.ndarray, bytes]:
-    """The bytes of an authenticated file without its trailer (read-only, memory-mapped) and
-    their SHA-256 (what the wire quotes), once the MAC over them is checked; else
-    ``DamagedFile`` naming ``path`` and ``remedy``."""
+def verified(path: Path, key: bytes, name: str, remedy: str) -> np.ndarray:
+    """The bytes of an authenticated file without its trailer (read-only, memory-mapped), once
+    the MAC over them is checked; else ``DamagedFile`` naming ``path`` and ``remedy``."""
     source = Source(str(path))
     try:
         size = os.path.getsize(path)
@@ -105,14 +104,12 @@ def verified(path: Path, key: bytes, name: str, remedy: str) -> tuple[np.ndarray
             problem = f"has an authenticator of format {version} (this build reads {FORMAT})"
         else:
             body = buffer[: size - TRAILER.size]
-            mac, digest = _mac(key, name), hashlib.sha256()
+            mac = _mac(key, name)
             view = memoryview(body)
             for start in range(0, len(view), _BLOCK):
-                block = view[start : start + _BLOCK]
-                mac.update(block)
-                digest.update(block)
+                mac.update(view[start : start + _BLOCK])
             if hmac.compare_digest(mac.digest(), tag):
-                return body, digest.digest()
+                return body
             problem = "fails its authenticator (damaged or altered)"
     raise DamagedFile(f"{problem}: {remedy}", source)
 
