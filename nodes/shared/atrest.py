@@ -63,7 +63,8 @@ def private_files() -> None:
 
 
 def private_folder(path: Path) -> Path:
-    """``path`` and its missing parents created 0700, and ``path`` itself made 0700."""
+    """``path`` created (missing parents too, under the process umask) and made 0700, even
+    where it already existed more open."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
