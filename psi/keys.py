@@ -115,6 +115,10 @@ class KeyRing:
             f"dataset {dataset!r}: {problem}; current epoch {entry.epoch}, retired: {retired}"
         )
 
+    def retired_at(self, dataset: str, epoch: int) -> datetime | None:
+        """When ``epoch`` was retired; None if it was not (current, prepared or unknown)."""
+        return self._get(dataset).retired.get(epoch)
+
     def prepared(self, dataset: str) -> int | None:
         """The epoch ``prepare`` drew and ``rotate`` will start, if any."""
         entry = self._get(dataset)

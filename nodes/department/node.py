@@ -270,7 +270,7 @@ class DepartmentNode(
         )
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
         self._profile(context, grant, request.label_fields, event)
-        epoch, _ = self._epoch(context, request.dataset_id, request.key_epoch, grant, event)
+        epoch = self._table_epoch(context, request.dataset_id, request.key_epoch, grant, event)
         latest = self.state.latest(request.dataset_id, epoch, grant.fields)
         if not latest:
             self._refuse(

@@ -22,14 +22,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodes.department.budgets import BudgetExceeded, Budgets
 from nodes.department.build import server_key
-from nodes.department.state import NodeState
+from nodes.department.state import SESSION_SECONDS, NodeState
 from nodes.shared.accountability import request_hint
 from nodes.shared.audit.log import AuditLog
 from nodes.shared.config import STATISTICS_PURPOSE, Grant, NodeConfig
 from nodes.shared.tls import Peer, peer_identity
 from protocols.bounds import violation
 from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
-from psi.errors import InputError
+from psi.errors import InputError, KinlinkError
 from psi.keys import KeyRingError
 from psi.labels import profile_name
 from psi.oprf import KeyPair
@@ -37,7 +37,6 @@ from psi.oprf import KeyPair
 if TYPE_CHECKING:
     from nodes.department.metrics import NodeMetrics
 
-SESSION_SECONDS = 3600
 
 log = logging.getLogger("kinlink.node")
 
@@ -286,6 +285,18 @@ class NodeService(Generic[S]):
                 f"dataset {dataset!r} is not built: {exc}",
                 event,
             )
+
+    def _table_epoch(self, context, dataset: str, asked: int, grant: Grant, event: dict) -> int:
+        """The epoch whose table is asked for: one retired less than a session's lifetime ago
+        (a session opened under it may still need its table, though nothing is evaluated under
+        it any more), else what ``_epoch`` allows."""
+        try:
+            retired = self.state.keyring().retired_at(dataset, asked) if asked else None
+        except KinlinkError:
+            retired = None  # refused below, with _epoch's reason
+        if retired is not None and time.time() - retired.timestamp() < SESSION_SECONDS:
+            return asked
+        return self._epoch(context, dataset, asked, grant, event)[0]
 
     def _charge(
         self, context, peer: Peer, dataset: str, epoch: int, count: int, grant: Grant, event: dict

@@ -14,8 +14,9 @@ Layout (under ``[node] state``)::
 A profile is the set of label fields a grant allows; each gets its own OPRF key and tables, so
 fields a client may not see are never encrypted for it, and its outputs open no other profile's
 table. Rotation prepares the next epoch, whose tables the next build writes beside the current
-epoch's; once they are published the new epoch starts, and the old one is retired and its folder
-deleted: the seed is gone, so nothing in it could be used again anyway.
+epoch's; once they are published the new epoch starts and the old one is retired: its seed and
+OPRF outputs go at once, its tables after a session's lifetime (queries in flight may still
+fetch them; nothing is evaluated under it any more).
 
 At rest (``nodes.shared.atrest``): files 0600, folders 0700; the output caches sealed and tables
 and deltas authenticated under keys derived from the dataset's handle key, which only the
@@ -60,6 +61,7 @@ from psi.oprf import Oprf
 from psi.table import Delta, Table, atomic_write, diff
 
 Progress = Callable[[int], None]
+SESSION_SECONDS = 3600  # how long a session lives: a retired epoch's tables are kept as long
 LAST_BUILD = "last-build.json"
 
 log = logging.getLogger("kinlink.state")
@@ -270,6 +272,7 @@ class NodeState:
         if ring.prepared(dataset_id) == epoch:
             retired = self._start(ring, dataset_id)
             reports = [replace(r, retired=retired) for r in reports]
+        self.sweep(dataset_id)
         record = {
             "seconds": round(time.perf_counter() - started, 3),
             "finished": time.time(),
@@ -379,8 +382,9 @@ class NodeState:
 
     def _start(self, ring: KeyRing, dataset_id: str) -> int:
         """Start the prepared epoch, whose tables are published: the old one is retired in the
-        same write of the key ring (the server picks it up on its next call) and its files are
-        deleted, the seed being gone. Returns the retired epoch."""
+        same write of the key ring (the server picks it up on its next call). Its OPRF outputs
+        are deleted at once; its tables stay for a session's lifetime, for queries in flight
+        (``sweep`` deletes them after). Returns the retired epoch."""
         old, _ = ring.current(dataset_id)
         epoch = ring.rotate(dataset_id)
         self._save_keyring(ring)
@@ -393,5 +397,15 @@ class NodeState:
                 "detail": f"epoch {old} retired",
             }
         )
-        shutil.rmtree(self.root / dataset_id / f"e{old}", ignore_errors=True)
+        for outputs in (self.root / dataset_id / f"e{old}").rglob("outputs.bin"):
+            outputs.unlink()
         return old
+
+    def sweep(self, dataset_id: str, now: float | None = None) -> None:
+        """Delete the folders of epochs retired more than a session's lifetime ago: no session
+        can need their tables any more, and their seeds are gone."""
+        ring, now = self.keyring(), time.time() if now is None else now
+        for folder in self.root.joinpath(dataset_id).glob("e[0-9]*"):
+            retired = ring.retired_at(dataset_id, int(folder.name[1:]))
+            if retired is not None and retired.timestamp() <= now - SESSION_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
