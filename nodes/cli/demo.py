@@ -21,7 +21,7 @@ from nodes.client.client import Client, NodeError, QueryResult, write_matches
 from nodes.client.roster import parent_ids, read_roster
 from nodes.client.screening import ScreeningResult, roll_register, screen
 from nodes.client.statistics import StatsClient, StatsResult
-from nodes.demo.federation import PURPOSES, ROLL, LocalFederation
+from nodes.demo.federation import PURPOSES, ROLL, LocalFederation, demo_limits
 from nodes.demo.synth import expected_matches, generate_city, write_city
 from nodes.shared.config import load_federation
 from psi.errors import InputError
@@ -87,9 +87,15 @@ def run(args: argparse.Namespace) -> int:
         f"{len(read.rejects)} bad roster cells (listed by the screening below)"
     )
 
-    with LocalFederation(args.out / "federation", registers) as federation:
+    limits = demo_limits(len(parents))
+    with LocalFederation(args.out / "federation", registers, limits=limits) as federation:
         federation.setup()
         print(f"certificates for {len(registers)} nodes and civil affairs in {federation.certs}")
+        print(
+            f"budgets granted to civil affairs, sized to its {len(parents)} parents: "
+            f"{limits.per_session} elements per session, {limits.per_day} per day, "
+            f"{limits.per_epoch} per key epoch"
+        )
         built = federation.build()
         federation.start()
         print("nodes: " + ", ".join(f"{d} on 127.0.0.1:{p}" for d, p in federation.ports.items()))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def serve(args: argparse.Namespace) -> int:
     config.state.mkdir(parents=True, exist_ok=True)
     configure(args.log_format, level(args.verbose, args.quiet), config.state / "node.log")
     node = start_node(config, passphrase_from_env())
+    for warning in node.warnings:
+        print(f"psi node serve: warning: {warning}", file=sys.stderr, flush=True)
     if args.port_file:
         args.port_file.write_text(f"{node.port}\n")
     metrics = f"; metrics on port {node.metrics_port}" if node.metrics_port else ""

@@ -20,6 +20,7 @@ from nodes.shared.certs import init_federation
 from nodes.shared.config import (
     SHARED_BLINDS,
     STATISTICS_PURPOSE,
+    UNLIMITED,
     Limits,
     StatisticsPolicy,
     load_node_config,
@@ -37,6 +38,15 @@ DEMO_PASSPHRASE = "kinlink demo passphrase, not for production"
 START_TIMEOUT = 60.0
 # The prison opts into every statistic for civil affairs, under the purpose "statistics".
 DEMO_STATISTICS = {"prison": StatisticsPolicy(PROTOCOLS, (STATISTICS_PURPOSE,))}
+_UNLIMITED_TOML = f'"{UNLIMITED}"'
+
+
+def demo_limits(parents: int) -> Limits:
+    """Budgets that fit a demo roster of ``parents`` distinct parents, not a county: a session
+    asks about them all with a quarter to spare, a day holds the demo's runs (the query, the
+    statistics, the screening) and a rerun, an epoch twelve such days."""
+    session = parents + parents // 4 + 1
+    return Limits(per_session=session, per_day=4 * session, per_epoch=48 * session)
 
 
 def _toml_list(values) -> str:
@@ -57,7 +67,8 @@ def node_toml(
     fields = fields or {}
     statuses = {**DEPARTMENTS, ROLL: ROLL_STATUSES}.get(department, tuple(STATUS_CODES))
     budget = "".join(
-        f"{name} = {value}\n" for name, value in vars(limits).items() if value is not None
+        f"{name} = {_UNLIMITED_TOML if value is None else value}\n"
+        for name, value in vars(limits).items()
     )
     purposes = (*PURPOSES, *statistics.purposes) if statistics else PURPOSES
     grants = "".join(
@@ -93,7 +104,7 @@ class LocalFederation:
 
     root: Path
     registers: Mapping[str, Path]
-    limits: Limits = field(default_factory=lambda: Limits(10_000_000, 50_000_000, 200_000_000))
+    limits: Limits = field(default_factory=Limits)  # the node's defaults unless given
     passphrase: str = DEMO_PASSPHRASE
     clients: tuple[str, ...] = (CLIENT,)
     fields: Mapping[str, Iterable[str]] = field(default_factory=dict)  # client -> label fields

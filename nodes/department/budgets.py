@@ -3,7 +3,9 @@
 Per client and dataset a node meters OPRF evaluations per session, per rolling 24 hours and per key
 epoch. A session's declared element count is charged when it opens (durably, in SQLite), and the
 node then evaluates no more than that, so a client can never exceed a budget by under-declaring.
-Charges survive restarts; a refusal says when the budget renews.
+Charges survive restarts; a refusal says when the budget renews. A window without a limit is
+never an omission: node.toml must write it out as "unlimited" (``nodes.shared.config``), and the
+node warns of each such grant when it starts (``unlimited``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nodes.shared.config import Limits
+from nodes.shared.config import Limits, NodeConfig
 from psi.errors import KinlinkError
 
 DAY = 86_400.0
@@ -28,6 +30,27 @@ class BudgetExceeded(KinlinkError):
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def unlimited(config: NodeConfig) -> list[tuple[str, str, str, str]]:
+    """(client, dataset, windows, warning) for each grant of ``config`` with a window written
+    "unlimited": the node logs and prints these when it starts, so that nobody lifts a budget
+    in silence."""
+    found = []
+    for grant in config.grants:
+        windows = ", ".join(grant.limits.unlimited())
+        for dataset in grant.datasets if windows else ():
+            found.append(
+                (
+                    grant.client,
+                    dataset,
+                    windows,
+                    f"grant of {grant.client!r} on dataset {dataset!r} is unlimited {windows} "
+                    f"({config.path}): nothing bounds how many identifiers it can test there "
+                    "(RFC 9497 s7.2.3); give numbers unless that was decided and reviewed",
+                )
+            )
+    return found
 
 
 class Budgets:

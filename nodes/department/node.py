@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nodes.department.accountability import AccountabilityServicer
-from nodes.department.budgets import Budgets
+from nodes.department.budgets import Budgets, unlimited
 from nodes.department.metrics import NodeMetrics
 from nodes.department.service import (
     SESSION_SECONDS,
@@ -390,6 +390,7 @@ class RunningNode:
     audit: AuditLog
     metrics: NodeMetrics | None = None
     metrics_port: int | None = None
+    warnings: tuple[str, ...] = ()  # for the operator, at start: grants without a limit
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def refresh_health(self) -> None:
@@ -421,6 +422,18 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     private_folder(config.state)
     budgets = Budgets(config.state / "budgets.sqlite")
     audit = open_party_log(config.state, config.id)
+    warnings = []
+    for client, dataset, windows, warning in unlimited(config):
+        log.warning(warning)
+        audit.append(
+            {
+                "event": "budget_unlimited",
+                "peer": {"cn": client},
+                "dataset": dataset,
+                "detail": windows,
+            }
+        )
+        warnings.append(warning)
     metrics = NodeMetrics(state, budgets) if config.metrics else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -451,7 +464,9 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
         raise InputError(f"cannot listen on {config.listen}")
     metrics_port = metrics.serve(config.metrics) if metrics and config.metrics else None
     server.start()
-    node = RunningNode(server, port, health_servicer, state, budgets, audit, metrics, metrics_port)
+    node = RunningNode(
+        server, port, health_servicer, state, budgets, audit, metrics, metrics_port, tuple(warnings)
+    )
     node.refresh_health()
 
     def watch() -> None:  # pick up builds and rotations made by other processes

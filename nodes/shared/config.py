@@ -22,14 +22,26 @@ from psi.labels import FIELDS, REGISTER_COLUMNS, STATUS_CODES
 from psi.paillier import MIN_GENERATE_BITS, MIN_KEY_BITS
 from psi.stats import PROTOCOLS
 
+WINDOWS = ("session", "day", "epoch")
+UNLIMITED = "unlimited"  # how node.toml lifts a budget: written out, never by leaving a key out
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Maximum elements; ``None`` means unlimited for that window."""
+    """Most elements a client may have evaluated on a dataset per session, per rolling 24 hours
+    and per key epoch (RFC 9497 s7.2.3: budgets are what bounds enumeration of a small input
+    space). ``None`` is unlimited, which node.toml must state as ``"unlimited"``; a window left
+    out takes the default, sized to one monthly screening of a roster of up to 50,000 children
+    (two parents each): a session of it, the day's run and a full rerun, twelve such days per
+    key epoch (an epoch lasts at most a year). Docs: operator-guide.md."""
 
-    per_session: int | None = None
-    per_day: int | None = None
-    per_epoch: int | None = None
+    per_session: int | None = 100_000
+    per_day: int | None = 200_000
+    per_epoch: int | None = 2_400_000
+
+    def unlimited(self) -> tuple[str, ...]:
+        """The windows without a limit."""
+        return tuple(f"per_{w}" for w in WINDOWS if getattr(self, f"per_{w}") is None)
 
 
 STATISTICS_PURPOSE = "statistics"
@@ -303,8 +315,31 @@ def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
             "fields",
             f"unknown {', '.join(sorted(fields - FIELDS))}; known: {', '.join(sorted(FIELDS))}",
         )
-    limits = Limits(*(reader.get(k, int, None) for k in ("per_session", "per_day", "per_epoch")))
-    return Grant(reader.get("client", str), named, reader.strings("purposes"), fields, limits)
+    return Grant(
+        reader.get("client", str), named, reader.strings("purposes"), fields, _limits(reader)
+    )
+
+
+def _limits(reader: TomlReader) -> Limits:
+    """A grant's budgets: a positive number of elements, or ``"unlimited"`` written out; a key
+    left out takes its default (``Limits``)."""
+    given = {}
+    for window in WINDOWS:
+        key = f"per_{window}"
+        if key not in reader.data:
+            continue
+        value = reader.data[key]
+        if value == UNLIMITED:
+            given[key] = None
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            given[key] = value
+        else:
+            raise reader.fail(
+                key,
+                f'must be a number of elements of at least 1, or "{UNLIMITED}" (in quotes) for '
+                f"no limit; leave it out for the default {getattr(Limits, key)}",
+            )
+    return Limits(**given)
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:

@@ -63,6 +63,7 @@ KEY_MODE = 0o600
 
 EVENTS = (
     "session_opened",
+    "session_resumed",  # a client took up a session it opened and did not finish (a crash)
     "session_refused",
     "elements_evaluated",
     "table_fetched",
@@ -72,6 +73,7 @@ EVENTS = (
     "dispute_resolved",
     "key_rotated",
     "policy_changed",
+    "budget_unlimited",  # at node start: a grant's window written "unlimited" (``detail``)
     "catalogue_changed",
     "catalogue_request",
 )

@@ -3,9 +3,10 @@
 From a node's log: which client (``peer``) queried which dataset, how many elements, for which
 purpose and legal basis; what was refused and why; elements charged per client, dataset and day;
 and anomalies worth a question (a client repeatedly declaring close to its per-session limit, as
-an enumeration would; sessions at night, local time). A client's log reads the same way with the
-nodes as peers. Output is terminal text, JSON, CSV (one row per session) or one self-contained
-HTML page with inline SVG charts.
+an enumeration would; sessions at night, local time; a grant whose budget the node's
+configuration lifted, which the node logs each time it starts). A client's log reads the same
+way with the nodes as peers. Output is terminal text, JSON, CSV (one row per session) or one
+self-contained HTML page with inline SVG charts.
 
 ``cross_check`` compares the receipts a client logged with those the node logged: both sides
 must account for every session, with the same counts.
@@ -120,7 +121,7 @@ class BudgetUse:
 
 @dataclass(frozen=True)
 class Anomaly:
-    kind: str  # "near-limit" or "off-hours"
+    kind: str  # "near-limit", "off-hours" or "unlimited"
     peer: str
     dataset: str
     message: str
@@ -165,7 +166,7 @@ def build_report(path: Path, utc_offset: timezone | None = None) -> Report:
         if e["event"] == "session_refused" or e.get("outcome") == "refused"
     ]
     report.budget = _budget(report.sessions)
-    report.anomalies = _anomalies(report.sessions)
+    report.anomalies = _anomalies(report.sessions) + _unlimited(contents, offset)
     return report
 
 
@@ -243,6 +244,28 @@ def _anomalies(sessions: list[Session]) -> list[Anomaly]:
                 )
             )
     return found
+
+
+def _unlimited(contents: LogContents, offset: timezone) -> list[Anomaly]:
+    """One anomaly per client and dataset whose grant had a window without a limit, as the
+    node last logged it at a start."""
+    latest = {
+        (e["peer"]["cn"], e["dataset"]): e
+        for e in contents.entries
+        if e["event"] == "budget_unlimited"
+    }
+    return [
+        Anomaly(
+            "unlimited",
+            peer,
+            dataset,
+            f"the grant's budget is unlimited {e.get('detail', '')}: nothing bounds the "
+            "identifiers it can test (logged at node start, last "
+            f"{_local(e['time'], offset):%Y-%m-%d %H:%M})",
+            (),
+        )
+        for (peer, dataset), e in sorted(latest.items())
+    ]
 
 
 # -- output --------------------------------------------------------------------------------------
