@@ -33,7 +33,7 @@ from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
 from nodes.client.client import Client
 from nodes.demo.federation import LocalFederation
-from nodes.shared.config import load_federation
+from nodes.shared.config import Limits, load_federation
 
 DEPARTMENT = "prison"
 MINUTES = 60
@@ -133,7 +133,9 @@ def main() -> None:
         root = Path(folder)
         csv = write_register(root / f"{DEPARTMENT}.csv", register_rows(register))
         del register  # the client never holds the register; made again below for the checks
-        with LocalFederation(root, {DEPARTMENT: csv}) as fed:
+        budget = n * args.repeat  # every repeat evaluates the whole roster again
+        limits = Limits(per_session=n, per_day=budget, per_epoch=budget)
+        with LocalFederation(root, {DEPARTMENT: csv}, limits=limits) as fed:
             fed.setup()
             build_seconds, build_rss = build(fed)
             loads.append(load())

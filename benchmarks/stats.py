@@ -42,7 +42,7 @@ from benchmarks.network_match import (
 from nodes.client.client import Client
 from nodes.client.statistics import StatsClient
 from nodes.demo.federation import LocalFederation
-from nodes.shared.config import STATISTICS_PURPOSE, StatisticsPolicy, load_federation
+from nodes.shared.config import STATISTICS_PURPOSE, Limits, StatisticsPolicy, load_federation
 from psi import paillier
 from psi.oprf import cpu_count
 from psi.stats import PROTOCOLS
@@ -143,7 +143,11 @@ def main() -> None:
         root = Path(folder)
         csv = write_register(root / f"{DEPARTMENT}.csv", register_rows(register))
         del register
-        with LocalFederation(root, {DEPARTMENT: csv}, statistics={DEPARTMENT: policy}) as fed:
+        budget = len(PROTOCOLS) * n  # one run of each protocol over the whole set
+        limits = Limits(per_session=n, per_day=budget, per_epoch=budget)
+        with LocalFederation(
+            root, {DEPARTMENT: csv}, limits=limits, statistics={DEPARTMENT: policy}
+        ) as fed:
             fed.setup()
             build_seconds, _ = build(fed)
             fed.start()
