@@ -120,10 +120,12 @@ class Reassembler:
     """Writes chunks, in order, into one preallocated (rows, width) array: a receiver of a
     10-million-element answer or table holds it once, plus the chunk in flight."""
 
-    def __init__(self, rows: int, width: int):
+    def __init__(self, rows: int, width: int, first_sequence: int = 0):
+        """``first_sequence``: the sequence number of the first chunk (a resumed session's
+        numbering goes on from its earlier streams)."""
         self.array = np.empty((rows, width), dtype=np.uint8)
         self.filled = 0
-        self.chunks = 0
+        self.chunks = first_sequence  # the sequence number due next
 
     def add(self, data: bytes, count: int | None = None, sequence: int | None = None) -> None:
         """Append one chunk. ``count`` and ``sequence``, where the message carries them, are

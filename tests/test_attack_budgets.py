@@ -127,9 +127,8 @@ def chunk(session_id: str, sequence: int, elements: int) -> psi_pb2.EvaluateChun
 def resume(stub, session, **overrides) -> psi_pb2.Session:
     return open_session(
         stub,
-        element_count=session.element_count,
+        **{"element_count": session.element_count, **overrides},
         resume_session_id=session.session_id,
-        **overrides,
     )
 
 

@@ -211,7 +211,7 @@ def test_malformed_elements_are_rejected(federation):
 def test_oversized_messages_and_undeclared_elements_are_refused(federation):
     with channel(federation, "prison") as ch:
         stub = psi_pb2_grpc.DepartmentNodeStub(ch)
-        session = open_session(stub, element_count=200_000)
+        session = open_session(stub, element_count=100_000)  # the default per-session budget
         with pytest.raises(grpc.RpcError) as info:
             evaluate(stub, session.session_id, os.urandom(32 * 140_000), 140_000)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

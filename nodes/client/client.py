@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import NamedTuple
 
 import grpc
 import numpy as np
 
+from nodes.client import sessions
 from nodes.shared.accountability import request_hint
 from nodes.shared.atrest import (
     DamagedFile,
@@ -73,6 +74,13 @@ MATCH_COLUMNS = (
 
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A session to resume that the node no longer holds (closed, expired, restarted) or that the client
+# kept wrongly: a new session replaces it.
+GONE = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 CALL_TIMEOUT = 30.0
 # Elements per blinding block and per Evaluate message: small enough that nodes start evaluating
 # early and answers are finalized while other nodes still compute, large enough to amortise calls.
@@ -115,13 +123,20 @@ class QueryResult:
     table: Table
     derived: np.ndarray  # (len(ids), DERIVED_BYTES): each identifier's table tag and label key
     evaluated: int  # sent to the node this time; the rest came from the client's cache
-    receipt: psi_pb2.SessionReceipt | None = None
+    # The sessions' receipts: none when nothing was evaluated, two when a session an earlier run
+    # left unfinished was resumed and a new one took the rest.
+    receipts: tuple[psi_pb2.SessionReceipt, ...] = ()
     bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def queried(self) -> int:
         return len(self.ids)
+
+    @property
+    def receipt(self) -> psi_pb2.SessionReceipt | None:
+        """The last session's receipt (None when nothing was evaluated)."""
+        return self.receipts[-1] if self.receipts else None
 
     @cached_property
     def tags(self) -> np.ndarray:
@@ -168,10 +183,10 @@ class _Plan:
 
 
 class _Answer(NamedTuple):
-    """What a node returned for a plan: the session's receipt (None when nothing was evaluated),
-    its current table and the payload bytes received."""
+    """What a node returned for a plan: the sessions' receipts (none when nothing was
+    evaluated), its current table and the payload bytes received."""
 
-    receipt: psi_pb2.SessionReceipt | None
+    receipts: tuple[psi_pb2.SessionReceipt, ...]
     table: Table
     received: int
 
@@ -517,22 +532,22 @@ class Client:
     ) -> _Answer:
         """Evaluate the plan's fresh identifiers (``rows`` of the blinder) at the node, finalize
         as answers arrive, cache, fetch the table."""
-        receipt = None
+        receipts = ()
         if len(plan.fresh):
             t = time.perf_counter()
-            receipt = self._evaluate(plan, ids, blinder, rows, purpose, legal_basis_ref, progress)
+            receipts = self._evaluate(
+                plan, ids, keys, blinder, rows, purpose, legal_basis_ref, progress
+            )
             plan.timings["evaluate"] = time.perf_counter() - t
             plan.timings["blind"] = blinder.seconds
-            plan.cache.put(keys[plan.fresh], plan.derived[plan.fresh])
         t = time.perf_counter()
         table, received = self._table(plan, purpose, legal_basis_ref)
         plan.timings["table"] = time.perf_counter() - t
         if (table.header.dataset, table.header.epoch) != (plan.dataset, plan.epoch):
             raise NodeError(plan.node, None, "the node sent the table of another dataset or epoch")
-        return _Answer(receipt, table, received)
+        return _Answer(receipts, table, received)
 
     def _result(self, plan: _Plan, ids: Sequence[str], answer: _Answer) -> QueryResult:
-        receipt = answer.receipt
         return QueryResult(
             plan.node,
             plan.dataset,
@@ -542,9 +557,8 @@ class Client:
             answer.table,
             plan.derived,
             len(plan.fresh),
-            receipt,
-            answer.received
-            + (receipt.elements_evaluated * self.oprf.suite.element_size if receipt else 0),
+            answer.receipts,
+            answer.received + len(plan.fresh) * self.oprf.suite.element_size,
             plan.timings,
         )
 
@@ -552,15 +566,18 @@ class Client:
         self,
         plan: _Plan,
         ids: Sequence[str],
+        keys: np.ndarray,
         blinder: _Blinder,
         rows: np.ndarray,
         purpose: str,
         legal_basis_ref: str,
         progress: Progress | None,
-    ) -> psi_pb2.SessionReceipt:
-        """One session: blinded blocks stream out as the blinder produces them; each answer is
-        finalized as it arrives, and its table tag and label key kept in ``plan.derived``."""
-        node, stub = plan.node, self._stub(plan.node)
+    ) -> tuple[psi_pb2.SessionReceipt, ...]:
+        """The plan's fresh identifiers (``rows`` of the blinder) at the node: first in what is
+        left of a session an earlier run opened and never closed (it crashed), resumed so that
+        nothing is charged twice, then the rest in a new session. Each answer is finalized as it
+        arrives and cached at once, so a run that dies keeps what it was answered."""
+        stub, folder = self._stub(plan.node), plan.cache.path.parent
         asked = {
             "dataset": plan.dataset,
             "purpose": purpose,
@@ -568,77 +585,131 @@ class Client:
             "declared": len(rows),
             "key_epoch": plan.epoch,
         }
+        request = psi_pb2.OpenSessionRequest(
+            dataset_id=plan.dataset,
+            purpose_code=purpose,
+            legal_basis_ref=legal_basis_ref,
+            element_count=len(rows),
+            suite=self.oprf.suite.name,
+            key_epoch=plan.epoch,
+            protocol_version=plan.version,
+            label_fields=plan.fields,
+        )
+        stream = partial(self._stream, plan, stub, ids, keys, blinder, rows, progress)
+        receipts, done = [], 0
+        pending = sessions.recall(folder, purpose, legal_basis_ref)
+        if pending is not None:
+            request.element_count, request.resume_session_id = pending.declared, pending.session_id
+            session = self._open(plan.node, stub, request, {**asked, "declared": pending.declared})
+            if session is None:
+                sessions.forget(folder, pending.session_id)
+            else:
+                done = min(len(rows), session.element_count - session.elements_evaluated)
+                receipts.append(stream(session, 0, done))
+        if done < len(rows):
+            request.element_count, request.resume_session_id = len(rows) - done, ""
+            session = self._open(plan.node, stub, request, {**asked, "declared": len(rows) - done})
+            sessions.remember(folder, sessions.Pending.of(session, purpose, legal_basis_ref))
+            receipts.append(stream(session, done, len(rows)))
+        return tuple(receipts)
+
+    def _open(
+        self, node: str, stub, request: psi_pb2.OpenSessionRequest, asked: dict
+    ) -> psi_pb2.Session | None:
+        """Open a session, or resume one (``request.resume_session_id``): None when the node no
+        longer holds the session to resume (closed, expired, restarted), which a new session
+        then replaces; any other refusal is logged and raised."""
+        resuming = bool(request.resume_session_id)
         try:
-            session = self.call(
-                node,
-                lambda: stub.OpenSession(
-                    psi_pb2.OpenSessionRequest(
-                        dataset_id=plan.dataset,
-                        purpose_code=purpose,
-                        legal_basis_ref=legal_basis_ref,
-                        element_count=len(rows),
-                        suite=self.oprf.suite.name,
-                        key_epoch=plan.epoch,
-                        protocol_version=plan.version,
-                        label_fields=plan.fields,
-                    ),
-                    timeout=CALL_TIMEOUT,
-                ),
-            )
+            session = self.call(node, lambda: stub.OpenSession(request, timeout=CALL_TIMEOUT))
         except NodeError as exc:
             self.record(
                 node,
                 {
                     **asked,
+                    **({"session_id": request.resume_session_id} if resuming else {}),
                     "event": "session_refused",
                     "outcome": exc.code.name.lower() if exc.code else "error",
                     "reason": str(exc),
                 },
             )
+            if resuming and exc.code in GONE:
+                return None
             raise
+        if resuming:
+            self.record(
+                node,
+                {
+                    **asked,
+                    "event": "session_resumed",
+                    "session_id": session.session_id,
+                    "evaluated": session.elements_evaluated,
+                    "chunks": session.chunks_evaluated,
+                },
+            )
+        return session
+
+    def _stream(
+        self,
+        plan: _Plan,
+        stub,
+        ids: Sequence[str],
+        keys: np.ndarray,
+        blinder: _Blinder,
+        rows: np.ndarray,
+        progress: Progress | None,
+        session: psi_pb2.Session,
+        start: int,
+        stop: int,
+    ) -> psi_pb2.SessionReceipt:
+        """Evaluate ``rows[start:stop]`` in ``session`` (going on from its chunks evaluated so
+        far), blinded blocks streaming out as the blinder produces them, then close it."""
+        node, part = plan.node, rows[start:stop]
         per_chunk = min(session.max_elements_per_chunk, STREAM_CHUNK)
 
         def chunks() -> Iterator[psi_pb2.EvaluateChunk]:
-            for sequence, lo in enumerate(range(0, len(rows), per_chunk)):
-                part = rows[lo : lo + per_chunk]
-                blinder.wait(int(part[-1]) + 1)
+            for i, lo in enumerate(range(0, len(part), per_chunk)):
+                block = part[lo : lo + per_chunk]
+                blinder.wait(int(block[-1]) + 1)
                 yield psi_pb2.EvaluateChunk(
-                    session_id=session.session_id if sequence == 0 else "",
-                    sequence=sequence,
-                    count=len(part),
-                    elements=blinder.blinded[part].tobytes(),
+                    session_id=session.session_id if i == 0 else "",
+                    sequence=session.chunks_evaluated + i,
+                    count=len(block),
+                    elements=blinder.blinded[block].tobytes(),
                 )
 
-        answers = Reassembler(len(rows), self.oprf.suite.element_size)
+        answers = Reassembler(len(part), self.oprf.suite.element_size, session.chunks_evaluated)
         finalizing = 0.0
         try:
-            for reply in stub.Evaluate(chunks()):
+            for reply in stub.Evaluate(chunks()) if len(part) else ():
                 lo = answers.filled
                 answers.add(reply.elements, reply.count, reply.sequence)
                 t = time.perf_counter()
-                fresh = plan.fresh[lo : answers.filled]
+                fresh = plan.fresh[start + lo : start + answers.filled]
                 outputs = self.oprf.finalize_inverted(
                     [ids[i].encode() for i in fresh],
-                    blinder.inverses[rows[lo : answers.filled]],
+                    blinder.inverses[part[lo : answers.filled]],
                     answers.array[lo : answers.filled],
                     progress=progress,
                 )
                 tags, label_keys = derive(plan.dataset, plan.epoch, outputs)
                 plan.derived[fresh, :TAG_BYTES] = tags.astype("<u8").view(np.uint8).reshape(-1, 8)
                 plan.derived[fresh, TAG_BYTES:] = label_keys
+                plan.cache.put(keys[fresh], plan.derived[fresh])  # kept, should the run die
                 finalizing += time.perf_counter() - t
             answers.result()
         except grpc.RpcError as exc:
             raise NodeError(node, exc.code(), exc.details() or "") from None
         except WireError as exc:
             raise NodeError(node, None, f"the answer broke the wire contract: {exc}") from None
-        plan.timings["finalize"] = finalizing
+        plan.timings["finalize"] = plan.timings.get("finalize", 0.0) + finalizing
         receipt = self.call(
             node,
             lambda: stub.CloseSession(
                 psi_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
             ),
         )
+        sessions.forget(plan.cache.path.parent, session.session_id)
         try:
             verify_receipt(receipt, self._node_keys[node])
         except ReceiptError as exc:

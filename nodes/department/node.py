@@ -2,7 +2,11 @@
 
 Every call is tied to the caller's verified certificate name. A session is opened for one dataset,
 purpose and element count; the count is charged against the client's budgets before anything is
-evaluated, and the node then evaluates at most that many elements. The node logs events with
+evaluated, and the node then evaluates at most that many elements. A session whose stream broke
+(the client crashed) can be resumed by its client until it expires: nothing is charged again, and
+it evaluates only what it declared and has not had answered, so a rerun after a crash costs the
+budget nothing more. A chunk counts as evaluated once its answer is handed to gRPC; one whose
+client went away before that is not counted. The node logs events with
 counts only: it never writes a query element, blinded or not, anywhere. The checks are shared with
 the statistics service (``nodes.department.service``), which ``start_node`` serves on the same
 server.
@@ -57,6 +61,10 @@ from psi.table import FORMAT as TABLE_FORMAT
 from psi.table import Delta
 
 SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
+# How long a resume waits for the broken stream it takes over to end (the node notices a client
+# gone at its next read or answer: well under a second, a chunk's evaluation at most).
+RESUME_WAIT_SECONDS = 10.0
+_GONE = "the client went away; a chunk whose answer was not sent is not counted"
 
 log = logging.getLogger("kinlink.node")
 
@@ -76,8 +84,26 @@ class _Session:
     expires: float
     evaluated: int = 0
     chunks: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    streaming: bool = False  # a stream holds the session: one at a time
+    # Guards the counts and ``streaming``; a resume waits on it for a broken stream to end.
+    lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
     transcript: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
+
+    def answer(self, protocol_version: int, suite: str) -> psi_pb2.Session:
+        return psi_pb2.Session(
+            session_id=self.id,
+            dataset_id=self.dataset,
+            key_epoch=self.epoch,
+            suite=suite,
+            table_version=self.table_version,
+            max_elements_per_chunk=ELEMENTS_PER_CHUNK,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            expires_at=timestamp(self.expires),
+            protocol_version=protocol_version,
+            element_count=self.declared,
+            elements_evaluated=self.evaluated,
+            chunks_evaluated=self.chunks,
+        )
 
 
 class DepartmentNode(
@@ -143,6 +169,8 @@ class DepartmentNode(
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
         self._profile(context, grant, request.label_fields, event)
         self._version(context, request.protocol_version, event)
+        if request.resume_session_id:
+            return self._resume(context, peer, request, event)
         if request.suite != self.state.oprf.suite.name:
             self._refuse(
                 context,
@@ -174,6 +202,8 @@ class DepartmentNode(
             now + SESSION_SECONDS,
         )
         with self._lock:
+            for stale in [s for s in self._sessions.values() if s.expires < now]:
+                del self._sessions[stale.id]  # charged in full; nothing left to resume
             self._sessions[session.id] = session
         limit = {"limit": grant.limits.per_session} if grant.limits.per_session else {}
         self._record(
@@ -185,29 +215,88 @@ class DepartmentNode(
                 "table_version": version,
             }
         )
-        return psi_pb2.Session(
-            session_id=session.id,
-            dataset_id=session.dataset,
-            key_epoch=epoch,
-            suite=self.state.oprf.suite.name,
-            table_version=version,
-            max_elements_per_chunk=ELEMENTS_PER_CHUNK,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            expires_at=timestamp(session.expires),
-            protocol_version=request.protocol_version,
-            element_count=session.declared,
+        return session.answer(request.protocol_version, self.state.oprf.suite.name)
+
+    def _resume(self, context, peer: Peer, request, event: dict) -> psi_pb2.Session:
+        """Take up a session of this client that is open and unexpired, as it was opened: the
+        grant is checked again, nothing is charged, and a stream that is still ending (its
+        client gone) is waited for, so that the counts are final."""
+        event["session_id"] = request.resume_session_id
+        with self._lock:
+            session = self._sessions.get(request.resume_session_id)
+        if session is None or session.client.fingerprint != peer.fingerprint:
+            self._refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "no open session of this client to resume (closed, or never opened here; a "
+                "node restart ends its sessions); open a new one",
+                event,
+            )
+        if time.time() > session.expires:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the session expired at {timestamp(session.expires).ToJsonString()}; "
+                "open a new one",
+                event,
+            )
+        differing = [
+            name
+            for name, asked, held in (
+                ("dataset_id", request.dataset_id, session.dataset),
+                ("purpose_code", request.purpose_code, session.purpose),
+                ("legal_basis_ref", request.legal_basis_ref, session.legal_basis_ref),
+                ("element_count", request.element_count, session.declared),
+                ("suite", request.suite, self.state.oprf.suite.name),
+                ("key_epoch", request.key_epoch or session.epoch, session.epoch),
+            )
+            if asked != held
+        ]
+        if differing:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a session is resumed as it was opened; {', '.join(differing)} differ",
+                event,
+            )
+        with session.lock:
+            if not session.lock.wait_for(lambda: not session.streaming, RESUME_WAIT_SECONDS):
+                problem = "the session's stream is still open; a session has one at a time"
+            else:
+                problem = None
+                answer = session.answer(request.protocol_version, self.state.oprf.suite.name)
+        if problem:
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, problem, event)
+        self._record(
+            {
+                **event,
+                "event": "session_resumed",
+                "key_epoch": session.epoch,
+                "table_version": session.table_version,
+                "evaluated": answer.elements_evaluated,
+                "chunks": answer.chunks_evaluated,
+            }
         )
+        return answer
 
     def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
         peer = self._peer(context)
         session: _Session | None = None
+        held = False  # whether this stream holds the session
         problem: tuple[grpc.StatusCode, str] | None = None
         try:
-            for expected, chunk in enumerate(request_iterator):
+            for chunk in request_iterator:
                 if session is None:
                     session = self._session(context, chunk.session_id, peer)
-                with session.lock:  # check and count under one lock: streams may race
-                    problem = self._chunk_problem(session, chunk, expected)
+                with session.lock:  # check, hold and count under one lock: streams may race
+                    if not held and session.streaming:
+                        problem = (
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            "the session is being evaluated by another stream",
+                        )
+                        break
+                    session.streaming = held = True
+                    problem = self._chunk_problem(session, chunk)
                     if problem:
                         break
                     session.evaluated += chunk.count
@@ -222,6 +311,12 @@ class DepartmentNode(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {chunk.sequence}: {exc}; nothing in it was evaluated",
                     )
+                if problem is None and not context.is_active():
+                    problem = (grpc.StatusCode.CANCELLED, _GONE)
+                if problem:  # no answer leaves the node: the chunk is not counted
+                    with session.lock:
+                        session.evaluated -= chunk.count
+                        session.chunks -= 1
                     break
                 answer = evaluated.tobytes()
                 with session.lock:
@@ -231,7 +326,14 @@ class DepartmentNode(
                 yield psi_pb2.EvaluatedChunk(
                     sequence=chunk.sequence, count=chunk.count, elements=answer
                 )
+        except (grpc.RpcError, GeneratorExit):  # the client went away mid-stream
+            problem = (grpc.StatusCode.CANCELLED, _GONE)
+            raise
         finally:
+            if held:
+                with session.lock:
+                    session.streaming = False
+                    session.lock.notify_all()
             if session is not None:
                 self._record(
                     {
@@ -247,12 +349,13 @@ class DepartmentNode(
         if problem:
             context.abort(*problem)
 
-    def _chunk_problem(self, session: _Session, chunk, expected: int) -> Problem | None:
-        """Why a chunk breaks the session's contract, or None."""
+    def _chunk_problem(self, session: _Session, chunk) -> Problem | None:
+        """Why a chunk breaks the session's contract, or None; chunks are numbered across the
+        session's streams."""
         return chunk_problem(
             session.id,
             chunk,
-            expected,
+            session.chunks,
             width=self.state.oprf.suite.element_size,
             per_chunk=ELEMENTS_PER_CHUNK,
             done=session.evaluated,

@@ -97,7 +97,7 @@ class StatisticsOffer(_message.Message):
     def __init__(self, protocols: _Optional[_Iterable[str]] = ..., purposes: _Optional[_Iterable[str]] = ..., min_elements: _Optional[int] = ..., max_groups: _Optional[int] = ..., min_key_bits: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version", "label_fields")
+    __slots__ = ("dataset_id", "purpose_code", "legal_basis_ref", "element_count", "suite", "key_epoch", "protocol_version", "label_fields", "resume_session_id")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     LEGAL_BASIS_REF_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class OpenSessionRequest(_message.Message):
     KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     purpose_code: str
     legal_basis_ref: str
@@ -114,10 +115,11 @@ class OpenSessionRequest(_message.Message):
     key_epoch: int
     protocol_version: int
     label_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., element_count: _Optional[int] = ..., suite: _Optional[str] = ..., key_epoch: _Optional[int] = ..., protocol_version: _Optional[int] = ..., label_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    resume_session_id: str
+    def __init__(self, dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., element_count: _Optional[int] = ..., suite: _Optional[str] = ..., key_epoch: _Optional[int] = ..., protocol_version: _Optional[int] = ..., label_fields: _Optional[_Iterable[str]] = ..., resume_session_id: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "dataset_id", "key_epoch", "suite", "table_version", "max_elements_per_chunk", "max_message_bytes", "expires_at", "protocol_version", "element_count")
+    __slots__ = ("session_id", "dataset_id", "key_epoch", "suite", "table_version", "max_elements_per_chunk", "max_message_bytes", "expires_at", "protocol_version", "element_count", "elements_evaluated", "chunks_evaluated")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +130,8 @@ class Session(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     dataset_id: str
     key_epoch: int
@@ -138,7 +142,9 @@ class Session(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     protocol_version: int
     element_count: int
-    def __init__(self, session_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., suite: _Optional[str] = ..., table_version: _Optional[int] = ..., max_elements_per_chunk: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., protocol_version: _Optional[int] = ..., element_count: _Optional[int] = ...) -> None: ...
+    elements_evaluated: int
+    chunks_evaluated: int
+    def __init__(self, session_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., suite: _Optional[str] = ..., table_version: _Optional[int] = ..., max_elements_per_chunk: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., protocol_version: _Optional[int] = ..., element_count: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ...) -> None: ...
 
 class EvaluateChunk(_message.Message):
     __slots__ = ("session_id", "sequence", "count", "elements")

@@ -104,7 +104,8 @@ class DepartmentNodeServicer(object):
 
     def Evaluate(self, request_iterator, context):
         """Blinded elements in, evaluated elements out (RFC 9497 BlindEvaluate), chunk for chunk and in
-        order. The client may keep sending while answers stream back.
+        order. The client may keep sending while answers stream back. A stream that breaks leaves
+        the session open until it expires, and OpenSession can resume it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
