@@ -54,12 +54,13 @@ def test_a_screening_killed_midway_is_charged_once_when_rerun(city, tmp_path):
         ]
         first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            # Every node has charged its session and the client has its answer (what the client
-            # keeps of it, where it keeps something); then no node may answer before the kill.
+            # Every node has charged its session and the client has the node's answer (it keeps
+            # the session in session.json; a client keeping nothing gets 0.2 s), then no node
+            # answers a chunk before the kill.
             wait(lambda: all(charged(fed, d) for d in DEPARTMENTS), "charge", first)
             kept = [fed.root / "client-cache" / d / d / "e1" / "session.json" for d in DEPARTMENTS]
-            opened = time.monotonic()
-            wait(lambda: all(p.exists() for p in kept) or time.monotonic() > opened + 0.2, "", first)
+            late = time.monotonic() + 0.2
+            wait(lambda: all(map(os.path.exists, kept)) or time.monotonic() > late, "", first)
             for department in DEPARTMENTS:
                 os.kill(fed.processes[department].pid, signal.SIGSTOP)
             time.sleep(0.3)
