@@ -627,7 +627,11 @@ class Client:
                 node,
                 {
                     **asked,
-                    **({"session_id": request.resume_session_id} if resuming else {}),
+                    **(
+                        {"detail": f"resume of session {request.resume_session_id}"}
+                        if resuming
+                        else {}
+                    ),
                     "event": "session_refused",
                     "outcome": exc.code.name.lower() if exc.code else "error",
                     "reason": str(exc),

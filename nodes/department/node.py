@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import threading
 import time
@@ -56,6 +57,7 @@ from protocols.limits import (
     TABLE_CHUNK_BYTES,
 )
 from psi.errors import CryptoError, InputError
+from psi.ids import contains_identifier
 from psi.oprf import KeyPair
 from psi.table import FORMAT as TABLE_FORMAT
 from psi.table import Delta
@@ -64,6 +66,7 @@ SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
 # How long a resume waits for the broken stream it takes over to end (the node notices a client
 # gone at its next read or answer: well under a second, a chunk's evaluation at most).
 RESUME_WAIT_SECONDS = 10.0
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)
 _GONE = "the client went away; a chunk whose answer was not sent is not counted"
 
 log = logging.getLogger("kinlink.node")
@@ -221,7 +224,17 @@ class DepartmentNode(
         """Take up a session of this client that is open and unexpired, as it was opened: the
         grant is checked again, nothing is charged, and a stream that is still ending (its
         client gone) is waited for, so that the counts are final."""
-        event["session_id"] = request.resume_session_id
+        if not _SESSION_ID.fullmatch(request.resume_session_id) or contains_identifier(
+            request.resume_session_id
+        ):  # free text from the client: never logged unless it is a session id
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "resume_session_id is not a session id of this node",
+                event,
+            )
+        # A refusal names the session in ``detail``: only a resume that succeeds joins its entries.
+        event["detail"] = f"resume of session {request.resume_session_id}"
         with self._lock:
             session = self._sessions.get(request.resume_session_id)
         if session is None or session.client.fingerprint != peer.fingerprint:
@@ -267,10 +280,12 @@ class DepartmentNode(
                 answer = session.answer(request.protocol_version, self.state.oprf.suite.name)
         if problem:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, problem, event)
+        del event["detail"]
         self._record(
             {
                 **event,
                 "event": "session_resumed",
+                "session_id": session.id,
                 "key_epoch": session.epoch,
                 "table_version": session.table_version,
                 "evaluated": answer.elements_evaluated,
