@@ -6,10 +6,9 @@ evaluated, and the node then evaluates at most that many elements. A session who
 (the client crashed) can be resumed by its client until it expires: nothing is charged again, and
 it evaluates only what it declared and has not had answered, so a rerun after a crash costs the
 budget nothing more. A chunk counts as evaluated once its answer is handed to gRPC; one whose
-client went away before that is not counted. The node logs events with
-counts only: it never writes a query element, blinded or not, anywhere. The checks are shared with
-the statistics service (``nodes.department.service``), which ``start_node`` serves on the same
-server.
+client went away before that is not counted. The node logs events with counts only: it never
+writes a query element, blinded or not, anywhere. The checks are shared with the statistics
+service (``nodes.department.service``), which ``start_node`` serves on the same server.
 """
 
 from __future__ import annotations
@@ -532,14 +531,10 @@ class RunningNode:
         self.audit.close()
 
 
-def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
-    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``),
-    and the Prometheus metrics on ``config.metrics`` where it is set."""
-    state = NodeState(config, passphrase)
-    state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
-    private_folder(config.state)
-    budgets = Budgets(config.state / "budgets.sqlite")
-    audit = open_party_log(config.state, config.id)
+def _announce_unlimited(config: NodeConfig, audit: AuditLog) -> tuple[str, ...]:
+    """Warn of every grant with a budget window written "unlimited", in the node log and the
+    audit log (``budget_unlimited``, which ``psi audit report`` flags); the warnings, for the
+    operator's terminal."""
     warnings = []
     for client, dataset, windows, warning in unlimited(config):
         log.warning(warning)
@@ -552,6 +547,18 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
             }
         )
         warnings.append(warning)
+    return tuple(warnings)
+
+
+def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
+    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``),
+    and the Prometheus metrics on ``config.metrics`` where it is set."""
+    state = NodeState(config, passphrase)
+    state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
+    private_folder(config.state)
+    budgets = Budgets(config.state / "budgets.sqlite")
+    audit = open_party_log(config.state, config.id)
+    warnings = _announce_unlimited(config, audit)
     metrics = NodeMetrics(state, budgets) if config.metrics else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -583,7 +590,7 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     metrics_port = metrics.serve(config.metrics) if metrics and config.metrics else None
     server.start()
     node = RunningNode(
-        server, port, health_servicer, state, budgets, audit, metrics, metrics_port, tuple(warnings)
+        server, port, health_servicer, state, budgets, audit, metrics, metrics_port, warnings
     )
     node.refresh_health()
 
