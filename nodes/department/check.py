@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodes.department.budgets import unlimited
 from nodes.department.state import NodeState
 from nodes.shared.certs import Role, party_problems
 from nodes.shared.config import DatasetConfig, NodeConfig, load_node_config
@@ -47,6 +48,7 @@ def check_node(path: Path, passphrase: bytes | None) -> Findings:
     except KinlinkError as exc:
         return Findings(problems=[str(exc)])
     found = Findings(config)
+    found.notes += [warning for *_, warning in unlimited(config)]
     found.problems += [
         *_certificate(config),
         *_addresses(config),
