@@ -34,14 +34,6 @@ def charged(fed: LocalFederation, department: str) -> int:
         ).fetchone()[0]
 
 
-def wait(condition, what: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, f"the screening ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} in {seconds} s"
-        time.sleep(0.005)
-
-
 def test_a_screening_killed_midway_is_charged_once_when_rerun(city, tmp_path):
     with LocalFederation(tmp_path / "fed", {d: city[d] for d in DEPARTMENTS}) as fed:
         fed.setup()
@@ -53,22 +45,32 @@ def test_a_screening_killed_midway_is_charged_once_when_rerun(city, tmp_path):
             *("--as-of", AS_OF.isoformat(), "--out", str(tmp_path / "out")),
         ]
         first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kept = {d: fed.root / "client-cache" / d / d for d in DEPARTMENTS}  # e<epoch>/<profile>/
+        charged_at: dict[str, float] = {}
+        stopped: set[str] = set()
         try:
-            # Every node has charged its session and the client has the node's answer (it keeps
-            # the session in session.json; a client keeping nothing gets 0.2 s), then no node
-            # answers a chunk before the kill.
-            wait(lambda: all(charged(fed, d) for d in DEPARTMENTS), "charge", first)
-            kept = [fed.root / "client-cache" / d / d / "e1" / "session.json" for d in DEPARTMENTS]
-            late = time.monotonic() + 0.2
-            wait(lambda: all(map(os.path.exists, kept)) or time.monotonic() > late, "", first)
-            for department in DEPARTMENTS:
-                os.kill(fed.processes[department].pid, signal.SIGSTOP)
+            # Each node is held (SIGSTOP) once it has charged its session and the client has the
+            # session's id (it keeps it in session.json; a client keeping nothing gets 0.2 s):
+            # from then on no node answers a chunk before the client is killed.
+            deadline = time.monotonic() + 60
+            while len(stopped) < len(DEPARTMENTS):
+                assert first.poll() is None, "the screening ended before every node was held"
+                assert time.monotonic() < deadline, "no session opened in 60 s"
+                now = time.monotonic()
+                for d in set(DEPARTMENTS) - stopped:
+                    if d not in charged_at and charged(fed, d):
+                        charged_at[d] = now
+                    has_id = any(kept[d].rglob("session.json"))
+                    if d in charged_at and (has_id or now > charged_at[d] + 0.2):
+                        os.kill(fed.processes[d].pid, signal.SIGSTOP)
+                        stopped.add(d)
+                time.sleep(0.002)
             time.sleep(0.3)
             first.kill()
         finally:
             first.wait()
-            for department in DEPARTMENTS:
-                os.kill(fed.processes[department].pid, signal.SIGCONT)
+            for d in stopped:
+                os.kill(fed.processes[d].pid, signal.SIGCONT)
         killed = {d: charged(fed, d) for d in DEPARTMENTS}
         assert all(killed.values())
 

@@ -237,19 +237,22 @@ def test_replay_a_killed_screening_rerun_is_charged_once(federation):
         *("--out", root / "screening"),
     ]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kept = [root / "cache" / n / n / "e1" / "session.json" for n in SCREENED]
+    kept = {n: root / "cache" / n / n for n in SCREENED}  # session.json in e<epoch>/<profile>/
+    stopped: set[str] = set()
     deadline = time.monotonic() + 60
-    while not all(p.exists() for p in kept):  # the nodes charged and the client has the sessions
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.005)
-    for name in SCREENED:
-        nodes[name].process.send_signal(signal.SIGSTOP)  # nothing answered before the kill
-    try:
+    try:  # each node is held once the client has its session: nothing answered before the kill
+        while len(stopped) < len(SCREENED):
+            assert first.poll() is None and time.monotonic() < deadline
+            for name in set(SCREENED) - stopped:
+                if any(kept[name].rglob("session.json")):
+                    nodes[name].process.send_signal(signal.SIGSTOP)
+                    stopped.add(name)
+            time.sleep(0.002)
         time.sleep(0.3)
         first.kill()
-        first.wait()
     finally:
-        for name in SCREENED:
+        first.wait()
+        for name in stopped:
             nodes[name].process.send_signal(signal.SIGCONT)
     charged = {n: screened(nodes[n]) for n in SCREENED}
     assert all(charged.values())
