@@ -127,6 +127,7 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "key_epoch": UINT32,
         "protocol_version": UINT32,
         "label_fields": FIELDS,
+        "resume_session_id": NAME,
     },
     "EvaluateChunk": {
         "session_id": NAME,
