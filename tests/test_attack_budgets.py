@@ -186,14 +186,14 @@ def test_a_session_is_resumed_only_by_its_client_as_it_was_opened(silent, who, o
     assert charged(silent) == before + 10
 
 
-@pytest.mark.parametrize("text", ["11010519491231002X" + "A" * 14, "x" * 10_000])
+@pytest.mark.parametrize("text", ["11010519491231002X" + "A" * 14, "x" * 10_000, "x" * 31 + "!"])
 def test_a_resume_id_carrying_an_identifier_is_refused_and_never_logged(silent, text):
     """The session id to resume is the client's free text: an identity number hidden in it, or a
     flood, must not reach the node's log or files."""
     with channel(silent, "prison") as ch, pytest.raises(grpc.RpcError) as info:
         open_session(psi_pb2_grpc.DepartmentNodeStub(ch), resume_session_id=text)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not a session id" in info.value.details()
+    assert "resume_session_id" in info.value.details()
     for path in (silent.root / "prison" / "state").rglob("*"):
         if path.is_file():
             assert b"110105194912" not in path.read_bytes(), path
