@@ -24,6 +24,10 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = MAX_MESSAGE_BYTES // 2
 TABLE_CHUNK_BYTES = CHUNK_BYTES
 
+# Heads one ProveConsistency call proves: a proof is at most 2 log2(n) hashes of 32 bytes (4 KiB
+# for a log of 2**64 entries), so 512 stay within half a message; a client with more asks again.
+MAX_CONSISTENCY_SIZES = 512
+
 GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

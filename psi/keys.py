@@ -15,7 +15,9 @@ At rest the ring is sealed: scrypt turns the passphrase into an AES-256-GCM key,
 
     "KINLINKK" | u8 format | u8 log2(n) | u8 r | u8 p | 16-byte salt | 12-byte nonce | ciphertext
 
-The plaintext is JSON. Secrets never appear in ``repr``, messages or logs.
+The plaintext is JSON. Secrets never appear in ``repr``, messages or logs. ``seal`` and ``unseal``
+are the same format for any secret a department keeps under its passphrase (the audit log's
+signing key: ``nodes.shared.audit.signing``); the 8-byte magic names what is sealed.
 """
 
 from __future__ import annotations
@@ -201,29 +203,12 @@ class KeyRing:
 
     def seal(self, passphrase: bytes, *, scrypt_log2_n: int = SCRYPT_LOG2_N) -> bytes:
         """The ring encrypted under ``passphrase`` (lower ``scrypt_log2_n`` only in tests)."""
-        if not passphrase:
-            raise KeyRingError("an empty passphrase cannot protect the key ring")
-        header = _HEADER.pack(
-            MAGIC, FORMAT, scrypt_log2_n, SCRYPT_R, SCRYPT_P, os.urandom(16), os.urandom(12)
-        )
-        key = _derive(header, passphrase)
-        return header + AESGCM(key).encrypt(header[-12:], self._to_json(), header)
+        return seal(self._to_json(), passphrase, scrypt_log2_n=scrypt_log2_n)
 
     @classmethod
     def open(cls, blob: bytes, passphrase: bytes) -> KeyRing:
         """Decrypt a sealed ring; a wrong passphrase or altered blob is a ``KeyRingError``."""
-        if len(blob) < _HEADER.size or blob[: len(MAGIC)] != MAGIC:
-            raise KeyRingError("not a kinlink key ring")
-        header = blob[: _HEADER.size]
-        try:
-            plaintext = AESGCM(_derive(header, passphrase)).decrypt(
-                header[-12:], blob[_HEADER.size :], header
-            )
-        except InvalidTag:
-            raise KeyRingError(
-                "cannot open the key ring: wrong passphrase or damaged file"
-            ) from None
-        return cls._from_json(plaintext)
+        return cls._from_json(unseal(blob, passphrase))
 
     def save(
         self,
@@ -247,6 +232,40 @@ class KeyRing:
             return cls.open(blob, passphrase)
         except KeyRingError as error:
             raise KeyRingError(str(error), source) from None
+
+
+def seal(
+    plaintext: bytes,
+    passphrase: bytes,
+    *,
+    magic: bytes = MAGIC,
+    what: str = "key ring",
+    scrypt_log2_n: int = SCRYPT_LOG2_N,
+) -> bytes:
+    """``plaintext`` under ``passphrase`` in the format above; ``magic`` (8 bytes) names what is
+    sealed and is authenticated with the header, so one sealed secret never opens as another."""
+    if not passphrase:
+        raise KeyRingError(f"an empty passphrase cannot protect the {what}")
+    header = _HEADER.pack(
+        magic, FORMAT, scrypt_log2_n, SCRYPT_R, SCRYPT_P, os.urandom(16), os.urandom(12)
+    )
+    key = _derive(header, passphrase)
+    return header + AESGCM(key).encrypt(header[-12:], plaintext, header)
+
+
+def unseal(
+    blob: bytes, passphrase: bytes, *, magic: bytes = MAGIC, what: str = "key ring"
+) -> bytes:
+    """The plaintext of ``seal``; a wrong passphrase or altered blob is a ``KeyRingError``."""
+    if len(blob) < _HEADER.size or blob[: len(magic)] != magic:
+        raise KeyRingError(f"not a kinlink {what}")
+    header = blob[: _HEADER.size]
+    try:
+        return AESGCM(_derive(header, passphrase)).decrypt(
+            header[-12:], blob[_HEADER.size :], header
+        )
+    except InvalidTag:
+        raise KeyRingError(f"cannot open the {what}: wrong passphrase or damaged file") from None
 
 
 def _derive(header: bytes, passphrase: bytes) -> bytes:

@@ -24,7 +24,7 @@ from nodes.department.accountability import dispute_message, request_message
 from nodes.department.registry import RESOLUTIONS, DisputeRecord, Registry
 from nodes.department.state import NodeState
 from nodes.shared.accountability import check_text
-from nodes.shared.audit.log import open_party_log
+from nodes.shared.audit.signing import PassphraseSeal, open_party_log
 from nodes.shared.config import Limits, NodeConfig, load_node_config
 from psi.keys import PASSPHRASE_VAR, passphrase_from_env
 from psi.labels import profile_name, resolve_handles
@@ -87,8 +87,8 @@ def run_catalog_list(args: argparse.Namespace) -> int:
 
 def _audit(config: NodeConfig, event: dict) -> None:
     """Record an operator's decision in the node's own audit log (the server may be appending
-    to it at the same time; the log supports that)."""
-    with open_party_log(config.state, config.id) as audit:
+    to it at the same time; the log supports that), signed with the key the passphrase opens."""
+    with open_party_log(config.state, config.id, PassphraseSeal(passphrase_from_env())) as audit:
         audit.append(event)
 
 

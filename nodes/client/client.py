@@ -41,13 +41,27 @@ from nodes.shared.atrest import (
     private_folder,
     verified,
 )
-from nodes.shared.audit.log import open_party_log
-from nodes.shared.audit.receipts import ReceiptError, receipt_fields, verify_receipt
+from nodes.shared.audit.log import TreeHead, load_public_key
+from nodes.shared.audit.receipts import (
+    HeldReceipts,
+    ReceiptError,
+    receipt_fields,
+    tree_head,
+    verify_receipt,
+)
+from nodes.shared.audit.signing import SecretSeal, open_party_log
 from nodes.shared.cache import OutputCache, cache_keys
 from nodes.shared.config import PER_NODE_BLINDS, FederationConfig
 from nodes.shared.tls import channel_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
-from protocols.limits import GRPC_OPTIONS, PROTOCOL_VERSION, Reassembler, WireError, negotiate
+from protocols.limits import (
+    GRPC_OPTIONS,
+    MAX_CONSISTENCY_SIZES,
+    PROTOCOL_VERSION,
+    Reassembler,
+    WireError,
+    negotiate,
+)
 from psi.errors import InputError, KinlinkError
 from psi.labels import REGISTER_COLUMNS, Label, profile_name
 from psi.matching import Found, lookup_tags
@@ -261,7 +275,8 @@ class Client:
                 handle.write(os.urandom(32))
         self._secret = secret_file.read_bytes()
         self._table_key = self.file_key("tables")
-        self.audit = open_party_log(config.cache, config.client)
+        self.audit = open_party_log(config.cache, config.client, SecretSeal(self._secret))
+        self.receipts = HeldReceipts(self.audit.path)
         self._node_keys: dict[str, bytes] = {}
         self._caches: dict[tuple[str, str, int, str], OutputCache] = {}
         self._lock = threading.Lock()  # over _channels and _caches
@@ -269,7 +284,8 @@ class Client:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
-        self.audit.close()
+        self.receipts.close()
+        self.audit.close()  # signs a head over this command's entries
 
     def record(self, node: str, event: dict) -> None:
         """Append to the client's own audit log; a node's free text that the log refuses (it
@@ -391,6 +407,34 @@ class Client:
             )
         self._node_keys[node] = key
 
+    def prove_consistency(
+        self, node: str, sizes: Sequence[int]
+    ) -> tuple[TreeHead, dict[int, list[bytes]]]:
+        """The node's tree head signed now, checked against its pinned audit key, and a
+        consistency proof to it from each of ``sizes`` (heads of its log this client holds) that
+        it covers; a size beyond it gets none (its log is shorter than a head it signed)."""
+        self.catalogue(node)  # pins the node's key
+        stub = self._stub(node)
+
+        def ask(part: list[int], to: int) -> psi_pb2.ConsistencyProofs:
+            request = psi_pb2.ConsistencyRequest(from_sizes=part, to_size=to)
+            answer = self.call(node, lambda: stub.ProveConsistency(request, timeout=CALL_TIMEOUT))
+            if [p.from_size for p in answer.proofs] != part:
+                raise NodeError(node, None, "it answered proofs for other sizes than asked")
+            return answer
+
+        answer = ask([], 0)
+        head = tree_head(answer.head)
+        if answer.node_id != node or not head.verify(load_public_key(self._node_keys[node]), node):
+            raise NodeError(node, None, "its tree head is not signed by its pinned audit key")
+        wanted = sorted({n for n in sizes if n <= head.size})
+        proofs: dict[int, list[bytes]] = {}
+        for lo in range(0, len(wanted), MAX_CONSISTENCY_SIZES):
+            part = wanted[lo : lo + MAX_CONSISTENCY_SIZES]
+            proofs.update((p.from_size, list(p.hashes)) for p in ask(part, head.size).proofs)
+        self.record(node, {"event": "consistency_proved", "proofs": len(proofs), "outcome": "ok"})
+        return head, proofs
+
     def query(
         self,
         node: str,
@@ -465,7 +509,49 @@ class Client:
                 for p, a in zip(ready, answers, strict=True)
             ]
         )
-        return {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
+        results = {r: p if isinstance(p, NodeError) else next(done) for r, p in plans.items()}
+        for request, result in results.items():
+            self._log_lookup(request, result, len(ids), purpose, legal_basis_ref)
+        return results
+
+    def _log_lookup(
+        self,
+        request: tuple[str, str],
+        result: QueryResult | NodeError,
+        queried: int,
+        purpose: str,
+        legal_basis_ref: str,
+    ) -> None:
+        """Log one lookup, however it was answered: a lookup the cache answers sends the node
+        nothing, so this entry is its only trace."""
+        node, dataset = request
+        event = {
+            "event": "lookup",
+            "dataset": dataset,
+            "purpose": purpose,
+            "legal_basis_ref": legal_basis_ref,
+            "queried": queried,
+        }
+        if isinstance(result, NodeError):
+            code = result.code.name.lower() if result.code else "error"
+            self.record(node, {**event, "outcome": code, "reason": str(result)})
+            return
+        cached = queried - result.evaluated
+        answered = [name for name, n in (("node", result.evaluated), ("cache", cached)) if n]
+        receipt = {"session_id": result.receipt.session_id} if result.receipt else {}
+        self.record(
+            node,
+            {
+                **event,
+                **receipt,
+                "cached": cached,
+                "evaluated": result.evaluated,
+                "key_epoch": result.epoch,
+                "table_version": result.table_version,
+                "answered_by": " and ".join(answered) or "cache",
+                "outcome": "ok",
+            },
+        )
 
     def _plan(
         self, node: str, dataset: str, keys: np.ndarray, by_first: np.ndarray, purpose: str
@@ -718,6 +804,7 @@ class Client:
             verify_receipt(receipt, self._node_keys[node])
         except ReceiptError as exc:
             raise NodeError(node, None, str(exc)) from None
+        self.receipts.keep(receipt)
         self.record(
             node,
             {

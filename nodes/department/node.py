@@ -43,14 +43,16 @@ from nodes.department.service import (
 from nodes.department.state import NodeState, Served
 from nodes.department.statistics import STATISTICS_SERVICE, StatisticsServicer, statistics_offer
 from nodes.shared.atrest import DamagedFile, private_folder
-from nodes.shared.audit.log import AuditLog, open_party_log
-from nodes.shared.audit.receipts import receipt_fields, sign_receipt
+from nodes.shared.audit.log import AuditLog
+from nodes.shared.audit.receipts import receipt_fields, sign_receipt, tree_head_message
+from nodes.shared.audit.signing import PassphraseSeal, open_party_log
 from nodes.shared.config import NodeConfig
 from nodes.shared.tls import Peer, server_credentials
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2_grpc
 from protocols.limits import (
     ELEMENTS_PER_CHUNK,
     GRPC_OPTIONS,
+    MAX_CONSISTENCY_SIZES,
     MAX_MESSAGE_BYTES,
     SUPPORTED_PROTOCOL_VERSIONS,
     TABLE_CHUNK_BYTES,
@@ -494,6 +496,30 @@ class DepartmentNode(
         sign_receipt(receipt, self.audit, self.audit.sign_tree_head())
         return receipt
 
+    def ProveConsistency(self, request, context):
+        """Gossip (RFC 9162 section 8.1.4): any federation peer may check the heads it holds."""
+        peer = self._peer(context)
+        sizes, to = list(request.from_sizes), request.to_size
+        event = {"peer": peer_field(peer), "proofs": len(sizes)}
+        size = self.audit.size
+        if len(sizes) > MAX_CONSISTENCY_SIZES or max([*sizes, to]) > size:
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_CONSISTENCY_SIZES} sizes, none beyond the log's {size} entries",
+                event,
+            )
+        self._record({**event, "event": "consistency_proved", "outcome": "ok"})
+        head, proofs = self.audit.prove(sizes, to)
+        return psi_pb2.ConsistencyProofs(
+            node_id=self.config.id,
+            head=tree_head_message(head) if head else None,
+            proofs=[
+                psi_pb2.ConsistencyProof(from_size=n, hashes=p)
+                for n, p in zip(sizes, proofs, strict=True)
+            ],
+        )
+
 
 @dataclass
 class RunningNode:
@@ -555,7 +581,7 @@ def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> R
     state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
     private_folder(config.state)
     budgets = Budgets(config.state / "budgets.sqlite")
-    audit = open_party_log(config.state, config.id)
+    audit = open_party_log(config.state, config.id, PassphraseSeal(passphrase))
     warnings = _announce_unlimited(config, audit)
     metrics = NodeMetrics(state, budgets) if config.metrics else None
     server = grpc.server(

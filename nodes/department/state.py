@@ -50,7 +50,7 @@ from nodes.shared.atrest import (
     private_folder,
     verified,
 )
-from nodes.shared.audit.log import open_party_log
+from nodes.shared.audit.signing import PassphraseSeal, open_party_log
 from nodes.shared.cache import OutputCache
 from nodes.shared.config import DatasetConfig, NodeConfig
 from psi.errors import InputError
@@ -142,7 +142,7 @@ class NodeState:
 
     def _audit(self, event: dict) -> None:
         """Record a change to what the node serves in its audit log."""
-        with open_party_log(self.root, self.config.id) as audit:
+        with open_party_log(self.root, self.config.id, PassphraseSeal(self._passphrase)) as audit:
             audit.append(event)
 
     # -- tables -----------------------------------------------------------------------------------

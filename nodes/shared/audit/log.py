@@ -3,7 +3,8 @@
 Each party (a node, a client) appends what happened to its own log: who asked for which dataset,
 for what purpose and legal basis, how many elements, what was refused and why. Entries are the
 leaves of an RFC 9162 Merkle tree (``nodes.shared.audit.merkle``); the owner signs tree heads with
-an Ed25519 key every ``sign_every`` entries and on demand (with every receipt). A reviewer holding
+an Ed25519 key every ``sign_every`` entries, on demand (with every receipt, and for a consistency
+proof) and when it is closed, so that each command's entries end under a head. A reviewer holding
 the owner's public key recomputes the tree and checks every head (``verify_log``): an entry edited,
 deleted, moved or cut off after a head was signed no longer matches it.
 
@@ -41,7 +42,7 @@ import re
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +77,8 @@ EVENTS = (
     "budget_unlimited",  # at node start: a grant's window written "unlimited" (``detail``)
     "catalogue_changed",
     "catalogue_request",
+    "lookup",  # a client's lookup, answered by the node, its own cache or both
+    "consistency_proved",  # a node signed a head and proved earlier heads consistent with it
 )
 TEXT_FIELDS = (
     "session_id",
@@ -86,6 +89,7 @@ TEXT_FIELDS = (
     "outcome",
     "reason",
     "detail",
+    "answered_by",  # a lookup: "node", "cache" or "node and cache"
 )
 COUNT_FIELDS = (
     "declared",  # elements the client declared (and the node charged) for a session
@@ -100,6 +104,9 @@ COUNT_FIELDS = (
     "set_size",  # statistics: elements of the node's set, |Y|
     "intersection",  # statistics: |X ∩ Y|, where the node learns it (intersection-sum)
     "groups",  # statistics: groups of a grouped sum
+    "queried",  # a lookup: identifiers asked about
+    "cached",  # a lookup: identifiers the client's cache answered (the node saw none of them)
+    "proofs",  # consistency proofs given in one answer
 )
 LOG_FIELDS = ("index", "time")  # set by the log, never by the caller
 MAX_LOG_TEXT = 2000  # characters of one text field; longer text is withheld (``loggable``)
@@ -414,7 +421,16 @@ class AuditLog:
                 )
 
     def close(self) -> None:
-        self._db.close()
+        """Sign a head over any entries no head covers yet, then close: every command's entries
+        end under a signature, whatever ``sign_every`` is."""
+        try:
+            with self._transaction():
+                frontier = self._state().frontier
+                (signed,) = self._db.execute("SELECT MAX(size) FROM tree_heads").fetchone()
+                if frontier.size and frontier.size != signed:
+                    self._sign(frontier)
+        finally:
+            self._db.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -508,6 +524,24 @@ class AuditLog:
         """RFC 9162 consistency proof from the head of ``old`` entries to that of ``new``."""
         return self._tree(new).consistency_proof(old, new)
 
+    @property
+    def size(self) -> int:
+        """Entries written so far (by any process)."""
+        with self._lock:
+            (size,) = self._db.execute("SELECT value FROM meta WHERE key = 'size'").fetchone()
+        return int(size)
+
+    def prove(self, sizes: Sequence[int], to: int = 0) -> tuple[TreeHead | None, list[list[bytes]]]:
+        """Consistency proofs from each of ``sizes`` to the tree of ``to`` entries, or (``to``
+        0) to a head over every entry signed now, which is returned too. The tree is read once
+        for all proofs; a size beyond ``to`` is a ValueError."""
+        head = None if to else self.sign_tree_head()
+        end = head.size if head else to
+        if any(size > end for size in sizes):
+            raise ValueError(f"no consistency proof to {end} entries from a larger size")
+        tree = self._tree(end)
+        return head, [tree.consistency_proof(size, end) for size in sizes]
+
 
 # -- reading and verifying ---------------------------------------------------------------------
 
@@ -533,6 +567,8 @@ def _open_readonly(path: Path) -> tuple[sqlite3.Connection, dict[str, Any]]:
 class LogContents:
     owner: str
     entries: list[dict[str, Any]]
+    key_fingerprint: str  # as the log declares it; ``verify_log`` checks it against a key
+    leaves: list[bytes]  # each entry's RFC 9162 leaf hash, recomputed from its stored text
 
 
 def read_log(path: Path) -> LogContents:
@@ -540,8 +576,9 @@ def read_log(path: Path) -> LogContents:
     checked here: that is ``verify_log``'s job, which a reviewer runs first."""
     db, meta = _open_readonly(path)
     try:
-        entries = []
+        entries, leaves = [], []
         for idx, data in db.execute("SELECT idx, data FROM entries ORDER BY idx"):
+            leaves.append(leaf_hash(data if isinstance(data, bytes) else str(data).encode()))
             try:
                 entry = json.loads(data)
                 check_entry(entry)
@@ -552,7 +589,7 @@ def read_log(path: Path) -> LogContents:
             entries.append(entry)
     finally:
         db.close()
-    return LogContents(str(meta.get("owner")), entries)
+    return LogContents(str(meta.get("owner")), entries, str(meta.get("key_fingerprint")), leaves)
 
 
 def span(first: int, end: int, one: str = "entry", many: str = "entries") -> str:
@@ -594,6 +631,24 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """No problem, and a signed head covers every entry."""
+        return self.ok and self.signed >= self.entries
+
+    def verdict(self) -> str:
+        """One line: what a reviewer may conclude. Entries no signed head covers could have been
+        altered, added or removed without trace, so they are never called verified."""
+        if not self.ok:
+            return f"TAMPERED: {len(self.problems)} problems"
+        if self.signed < self.entries:
+            covered = f"entries 0..{self.signed - 1} verified, " if self.signed else ""
+            return (
+                f"NOT VERIFIED: {covered}{span(self.signed, self.entries)} covered by no signed "
+                "tree head, so they may have been altered, added or removed"
+            )
+        return f"verified: no tampering found; all {self.entries} entries under signed tree heads"
 
     @property
     def first_bad_entry(self) -> int | None:
@@ -781,11 +836,3 @@ def _check_pair(
     else:
         return
     report.problems.append(Problem("inconsistent", message, head=seq))
-
-
-def open_party_log(folder: Path, owner: str) -> AuditLog:
-    """A node's or client's own log in ``folder`` (``audit.sqlite``), signed with the key in
-    ``audit-key.pem``, created on first use; ``audit-key.pub.pem`` goes to reviewers."""
-    key_path = folder / "audit-key.pem"
-    key = load_signing_key(key_path) if key_path.exists() else generate_key(key_path)
-    return AuditLog(folder / "audit.sqlite", key, owner)

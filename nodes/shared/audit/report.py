@@ -6,10 +6,8 @@ and anomalies worth a question (a client repeatedly declaring close to its per-s
 an enumeration would; sessions at night, local time; a grant whose budget the node's
 configuration lifted, which the node logs each time it starts). A client's log reads the same
 way with the nodes as peers. Output is terminal text, JSON, CSV (one row per session) or one
-self-contained HTML page with inline SVG charts.
-
-``cross_check`` compares the receipts a client logged with those the node logged: both sides
-must account for every session, with the same counts.
+self-contained HTML page with inline SVG charts. The receipt cross-check between two logs is
+``nodes.shared.audit.crosscheck``.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from nodes.shared.audit.log import LogContents, read_log
+from nodes.shared.audit.log import LogContents, VerifyReport, read_log
 from psi.errors import InputError
 
 DEFAULT_UTC_OFFSET = "+08:00"
@@ -34,16 +32,15 @@ NEAR_LIMIT = 0.9  # a session "near the limit" declares at least this share of i
 NEAR_LIMIT_SESSIONS = 3  # this many such sessions per client and dataset is an anomaly
 QUIET_HOURS = (22, 6)  # local hours from 22:00 to 06:00
 RECEIPT_EVENTS = ("receipt_issued", "receipt_received")
-# What both parties' receipt events carry and must agree on.
-RECEIPT_FIELDS = (
-    "dataset",
-    "purpose",
-    "legal_basis_ref",
-    "key_epoch",
-    "table_version",
-    "declared",
-    "evaluated",
-    "chunks",
+# What an operator did, shown beside sessions and refusals: builds published (catalogue_changed),
+# rotations, access requests decided, disputes raised and resolved (withdrawals among them).
+ACTION_EVENTS = (
+    "catalogue_changed",
+    "key_rotated",
+    "policy_changed",
+    "catalogue_request",
+    "dispute_raised",
+    "dispute_resolved",
 )
 CSV_COLUMNS = (
     "session_id",
@@ -128,15 +125,51 @@ class Anomaly:
     sessions: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A client's lookup: how many identifiers, and whether the node or its cache answered."""
+
+    time: datetime  # local time
+    peer: str
+    dataset: str
+    purpose: str
+    queried: int
+    cached: int
+    evaluated: int
+    answered_by: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """An operator's action: a build published, a key rotated, a request decided, a dispute."""
+
+    time: datetime  # local time
+    event: str
+    peer: str
+    dataset: str
+    outcome: str
+    detail: str
+
+
 @dataclass
 class Report:
     owner: str
     utc_offset: timezone
     entries: int
+    verification: VerifyReport | None = None  # None: the reviewer gave no key
     sessions: list[Session] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    lookups: list[Lookup] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     budget: list[BudgetUse] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.verification is None:
+            return "not verified: give the owner's public key (--key) to verify the log"
+        return self.verification.verdict()
 
     def totals(self) -> list[tuple[str, str, str, int, int]]:
         """(peer, dataset, purpose, sessions, elements): who asked what, how much, why."""
@@ -148,10 +181,13 @@ class Report:
         return [(*key, n, elements) for key, (n, elements) in sorted(totals.items())]
 
 
-def build_report(path: Path, utc_offset: timezone | None = None) -> Report:
+def build_report(
+    path: Path, utc_offset: timezone | None = None, verification: VerifyReport | None = None
+) -> Report:
+    """The report on the log at ``path``, with ``verify_log``'s result when the reviewer ran it."""
     offset = utc_offset or parse_utc_offset(DEFAULT_UTC_OFFSET)
     contents = read_log(path)
-    report = Report(contents.owner, offset, len(contents.entries))
+    report = Report(contents.owner, offset, len(contents.entries), verification)
     report.sessions = _sessions(contents, offset)
     report.refusals = [
         Refusal(
@@ -164,6 +200,36 @@ def build_report(path: Path, utc_offset: timezone | None = None) -> Report:
         )
         for e in contents.entries
         if e["event"] == "session_refused" or e.get("outcome") == "refused"
+    ]
+    report.lookups = [
+        Lookup(
+            _local(e["time"], offset),
+            e.get("peer", {}).get("cn", ""),
+            e.get("dataset", ""),
+            e.get("purpose", ""),
+            e.get("queried", 0),
+            e.get("cached", 0),
+            e.get("evaluated", 0),
+            e.get("answered_by", ""),
+            e.get("outcome", ""),
+        )
+        for e in contents.entries
+        if e["event"] == "lookup"
+    ]
+    report.actions = [
+        Action(
+            _local(e["time"], offset),
+            e["event"],
+            e.get("peer", {}).get("cn", ""),
+            e.get("dataset", ""),
+            e.get("outcome", ""),
+            "; ".join(
+                [f"{name} {e[name]}" for name in ("key_epoch", "table_version") if name in e]
+                + ([e["detail"]] if e.get("detail") else [])
+            ),
+        )
+        for e in contents.entries
+        if e["event"] in ACTION_EVENTS
     ]
     report.budget = _budget(report.sessions)
     report.anomalies = _anomalies(report.sessions) + _unlimited(contents, offset)
@@ -279,6 +345,7 @@ def to_text(report: Report) -> str:
     lines = [
         f"audit report for the log of {report.owner}: {report.entries} entries, "
         f"{len(report.sessions)} sessions, times in {_offset_name(report.utc_offset)}",
+        f"verification: {report.verdict}",
         "",
         "queries (who asked what, how much, for which purpose)",
         f"  {'peer':<20} {'dataset':<16} {'purpose':<20} {'sessions':>8} {'elements':>10}",
@@ -290,6 +357,19 @@ def to_text(report: Report) -> str:
     lines += [
         f"  {r.time:%Y-%m-%d %H:%M}  {r.peer:<20} {r.dataset:<16} {r.purpose:<16} {r.reason}"
         for r in report.refusals
+    ] or ["  none"]
+    lines += ["", f"lookups ({len(report.lookups)}; answered by the node or the client's cache)"]
+    lines += [
+        f"  {x.time:%Y-%m-%d %H:%M}  {x.peer:<20} {x.dataset:<16} {x.purpose:<16} "
+        f"{x.queried:>8} queried, {x.cached} from the cache, {x.evaluated} by the node: "
+        f"{x.answered_by or x.outcome}"
+        for x in report.lookups
+    ] or ["  none"]
+    lines += ["", f"operator actions ({len(report.actions)})"]
+    lines += [
+        f"  {a.time:%Y-%m-%d %H:%M}  {a.event:<18} {a.peer or '-':<16} {a.dataset or '-':<16} "
+        f"{a.outcome:<10} {a.detail}"
+        for a in report.actions
     ] or ["  none"]
     lines += [
         "",
@@ -320,12 +400,15 @@ def to_json(report: Report) -> str:
             "owner": report.owner,
             "utc_offset": _offset_name(report.utc_offset),
             "entries": report.entries,
+            "verification": report.verdict,
             "totals": [
                 dict(zip(("peer", "dataset", "purpose", "sessions", "elements"), t, strict=True))
                 for t in report.totals()
             ],
             "sessions": [_session_row(s) for s in report.sessions],
             "refusals": [{**asdict(r), "time": r.time.isoformat()} for r in report.refusals],
+            "lookups": [{**asdict(x), "time": x.time.isoformat()} for x in report.lookups],
+            "actions": [{**asdict(a), "time": a.time.isoformat()} for a in report.actions],
             "budget": [{**asdict(b), "day": b.day.isoformat()} for b in report.budget],
             "anomalies": [asdict(a) for a in report.anomalies],
         },
@@ -423,6 +506,7 @@ td:nth-child(n+4) { font-variant-numeric: tabular-nums; }
 svg text { font: 11px system-ui, sans-serif; fill: #222; }
 svg text.title { font-size: 13px; font-weight: 600; }
 .anomaly { color: #a00; }
+.verified { color: #060; }
 """
 
 
@@ -430,6 +514,8 @@ def to_html(report: Report) -> str:
     """One page, no external scripts, styles or fonts: it can be mailed and archived as is."""
     esc = html.escape
     days = _days(report)
+    complete = report.verification is not None and report.verification.complete
+    verdict_class = "verified" if complete else "anomaly"
     anomalies = "".join(
         f'<li class="anomaly"><b>{esc(a.kind)}</b> {esc(a.peer)} / {esc(a.dataset)}: '
         f"{esc(a.message)} (sessions {esc(', '.join(a.sessions))})</li>"
@@ -439,6 +525,8 @@ def to_html(report: Report) -> str:
         f"<h1>Audit report: {esc(report.owner)}</h1>",
         f"<p>{report.entries} entries, {len(report.sessions)} sessions, "
         f"{len(report.refusals)} refusals; times in {_offset_name(report.utc_offset)}.</p>",
+        "<h2>Verification</h2>",
+        f'<p class="{verdict_class}">{esc(report.verdict)}</p>',
         _bar_chart("Elements queried per day, by peer", days, _series(report.sessions, "peer")),
         _bar_chart(
             "Elements queried per day, by purpose", days, _series(report.sessions, "purpose")
@@ -453,6 +541,31 @@ def to_html(report: Report) -> str:
             (
                 (f"{r.time:%Y-%m-%d %H:%M}", r.event, r.peer, r.dataset, r.purpose, r.reason)
                 for r in report.refusals
+            ),
+        ),
+        f"<h2>Lookups ({len(report.lookups)})</h2>",
+        _table(
+            ("time", "peer", "dataset", "purpose", "queried", "cached", "by the node", "answered"),
+            (
+                (
+                    f"{x.time:%Y-%m-%d %H:%M}",
+                    x.peer,
+                    x.dataset,
+                    x.purpose,
+                    x.queried,
+                    x.cached,
+                    x.evaluated,
+                    x.answered_by or x.outcome,
+                )
+                for x in report.lookups
+            ),
+        ),
+        f"<h2>Operator actions ({len(report.actions)})</h2>",
+        _table(
+            ("time", "event", "peer", "dataset", "outcome", "detail"),
+            (
+                (f"{a.time:%Y-%m-%d %H:%M}", a.event, a.peer, a.dataset, a.outcome, a.detail)
+                for a in report.actions
             ),
         ),
         "<h2>Budget use per day</h2>",
@@ -471,83 +584,3 @@ def to_html(report: Report) -> str:
         f"<title>Audit report: {esc(report.owner)}</title><style>{_STYLE}</style></head>"
         "<body>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
-
-
-# -- receipts on both sides ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Difference:
-    session_id: str
-    kind: str  # "missing-at-node", "missing-at-client", "differs" or "duplicate"
-    message: str
-
-    def __str__(self) -> str:
-        return f"session {self.session_id}: {self.message} [{self.kind}]"
-
-
-@dataclass
-class CrossCheck:
-    client: str
-    node: str
-    matched: int = 0  # receipts present and equal on both sides
-    differences: list[Difference] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
-
-
-def _receipts(
-    contents: LogContents, event: str, peer: str, side: str, check: CrossCheck
-) -> dict[str, dict[str, Any]]:
-    """The receipts ``contents`` logged with ``peer``, by session; a repeat is a difference."""
-    found: dict[str, dict[str, Any]] = {}
-    for e in contents.entries:
-        if e["event"] != event or e.get("peer", {}).get("cn") != peer:
-            continue
-        sid = e.get("session_id", "")
-        if sid in found:
-            check.differences.append(
-                Difference(sid, "duplicate", f"the {side} logged this receipt more than once")
-            )
-        found[sid] = e
-    return found
-
-
-def cross_check(client_log: Path, node_log: Path) -> CrossCheck:
-    """Every ``receipt_received`` in the client's log from this node against every
-    ``receipt_issued`` in the node's log to this client. Each log's owner is its party's
-    certificate name, which the other party logs as ``peer.cn``."""
-    client, node = read_log(client_log), read_log(node_log)
-    for path, contents, role, wrong in (
-        (client_log, client, "client", "receipt_issued"),
-        (node_log, node, "node", "receipt_received"),
-    ):
-        if any(e["event"] == wrong for e in contents.entries):
-            raise InputError(
-                f"{path} logs {wrong} events, so it is not a {role}'s log "
-                "(the order is CLIENT_LOG NODE_LOG)"
-            )
-    check = CrossCheck(client.owner, node.owner)
-    held = _receipts(client, "receipt_received", node.owner, "client", check)
-    issued = _receipts(node, "receipt_issued", client.owner, "node", check)
-    for sid in sorted(held.keys() - issued.keys()):
-        check.differences.append(
-            Difference(sid, "missing-at-node", "the client holds a receipt the node never logged")
-        )
-    for sid in sorted(issued.keys() - held.keys()):
-        check.differences.append(
-            Difference(sid, "missing-at-client", "the node logged a receipt the client never did")
-        )
-    for sid in sorted(held.keys() & issued.keys()):
-        differing = [
-            f"{name}: client {held[sid].get(name)!r}, node {issued[sid].get(name)!r}"
-            for name in RECEIPT_FIELDS
-            if held[sid].get(name) != issued[sid].get(name)
-        ]
-        if differing:
-            check.differences.append(Difference(sid, "differs", "; ".join(differing)))
-        else:
-            check.matched += 1
-    return check

@@ -262,6 +262,32 @@ class SessionReceipt(_message.Message):
     tree_head: TreeHead
     def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., client_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., legal_basis_ref: _Optional[str] = ..., key_epoch: _Optional[int] = ..., table_version: _Optional[int] = ..., elements_declared: _Optional[int] = ..., elements_evaluated: _Optional[int] = ..., chunks_evaluated: _Optional[int] = ..., opened_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., transcript_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signature_algorithm: _Optional[str] = ..., signing_key_id: _Optional[str] = ..., tree_head: _Optional[_Union[TreeHead, _Mapping]] = ...) -> None: ...
 
+class ConsistencyRequest(_message.Message):
+    __slots__ = ("from_sizes", "to_size")
+    FROM_SIZES_FIELD_NUMBER: _ClassVar[int]
+    TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    from_sizes: _containers.RepeatedScalarFieldContainer[int]
+    to_size: int
+    def __init__(self, from_sizes: _Optional[_Iterable[int]] = ..., to_size: _Optional[int] = ...) -> None: ...
+
+class ConsistencyProof(_message.Message):
+    __slots__ = ("from_size", "hashes")
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    from_size: int
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, from_size: _Optional[int] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ConsistencyProofs(_message.Message):
+    __slots__ = ("node_id", "head", "proofs")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    PROOFS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    head: TreeHead
+    proofs: _containers.RepeatedCompositeFieldContainer[ConsistencyProof]
+    def __init__(self, node_id: _Optional[str] = ..., head: _Optional[_Union[TreeHead, _Mapping]] = ..., proofs: _Optional[_Iterable[_Union[ConsistencyProof, _Mapping]]] = ...) -> None: ...
+
 class TreeHead(_message.Message):
     __slots__ = ("size", "root_hash", "timestamp_ms", "signature")
     SIZE_FIELD_NUMBER: _ClassVar[int]

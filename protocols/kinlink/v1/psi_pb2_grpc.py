@@ -60,6 +60,11 @@ class DepartmentNodeStub(object):
                 request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.FromString,
                 _registered_method=True)
+        self.ProveConsistency = channel.unary_unary(
+                '/kinlink.v1.DepartmentNode/ProveConsistency',
+                request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyRequest.SerializeToString,
+                response_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyProofs.FromString,
+                _registered_method=True)
         self.RequestAccess = channel.unary_unary(
                 '/kinlink.v1.DepartmentNode/RequestAccess',
                 request_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.AccessRequest.SerializeToString,
@@ -127,6 +132,17 @@ class DepartmentNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProveConsistency(self, request, context):
+        """Signs a head over the node's whole audit log and proves it an append-only extension of each
+        earlier head the caller names by its size (RFC 9162 section 2.1.4 consistency proofs). A
+        client that kept the heads of its receipts checks them all against it (gossip, RFC 9162
+        section 8.1.4): a history rewritten since cannot be proved consistent with them. Any
+        federation certificate may ask; at most MAX_CONSISTENCY_SIZES sizes per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RequestAccess(self, request, context):
         """Asks for access outside the catalogue (POLICY.md mechanism 4: needs outside the catalogue
         are negotiated, then added). Stored durably as pending until the node operator decides;
@@ -187,6 +203,11 @@ def add_DepartmentNodeServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.FromString,
                     response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.SerializeToString,
+            ),
+            'ProveConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveConsistency,
+                    request_deserializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyRequest.FromString,
+                    response_serializer=protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyProofs.SerializeToString,
             ),
             'RequestAccess': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestAccess,
@@ -345,6 +366,33 @@ class DepartmentNode(object):
             '/kinlink.v1.DepartmentNode/CloseSession',
             protocols_dot_kinlink_dot_v1_dot_psi__pb2.CloseSessionRequest.SerializeToString,
             protocols_dot_kinlink_dot_v1_dot_psi__pb2.SessionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kinlink.v1.DepartmentNode/ProveConsistency',
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyRequest.SerializeToString,
+            protocols_dot_kinlink_dot_v1_dot_psi__pb2.ConsistencyProofs.FromString,
             options,
             channel_credentials,
             insecure,
