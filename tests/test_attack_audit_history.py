@@ -161,3 +161,27 @@ def test_a_reviewer_who_pinned_the_fingerprint_refuses_a_log_resigned_with_a_new
     check = psi("audit", "cross-check", world.root / "client-cache" / "audit.sqlite", log)
     assert check.returncode == 1 and "another key" in check.stdout, check.stdout
     assert CLIENT in check.stdout
+
+
+def test_a_sealed_key_opens_only_with_its_secret_and_a_clear_one_is_sealed(tmp_path):
+    from nodes.shared.audit.log import generate_key
+    from nodes.shared.audit.signing import PassphraseSeal, SecretSeal, open_signing_key
+    from psi.errors import InputError
+
+    node, client = tmp_path / "node", tmp_path / "client"
+    legacy = generate_key(node / "audit-key.pem")  # as an earlier version left it
+    assert key_fingerprint(open_signing_key(node, PassphraseSeal(b"right"))) == key_fingerprint(
+        legacy
+    )
+    assert not (node / "audit-key.pem").exists() and (node / "audit-key.sealed").exists()
+    with pytest.raises(InputError, match=r"audit-key\.sealed: cannot open the audit signing key"):
+        open_signing_key(node, PassphraseSeal(b"wrong"))
+
+    key = open_signing_key(client, SecretSeal(b"\1" * 32))
+    assert key_fingerprint(open_signing_key(client, SecretSeal(b"\1" * 32))) == key_fingerprint(key)
+    with pytest.raises(InputError, match=r"another cache\.key or a damaged file"):
+        open_signing_key(client, SecretSeal(b"\2" * 32))
+    sealed = client / "audit-key.sealed"
+    sealed.write_bytes(sealed.read_bytes()[:-1] + bytes([sealed.read_bytes()[-1] ^ 1]))
+    with pytest.raises(InputError, match="damaged"):
+        open_signing_key(client, SecretSeal(b"\1" * 32))

@@ -7,9 +7,10 @@ requests and disputes (POLICY.md mechanisms 4 and 5), on the node's ``registry.s
     psi node disputes list --config node.toml [--open]
     psi node disputes resolve ID --as confirmed|corrected|withdrawn --note TEXT --config node.toml
 
-Decisions take effect for the running node's next call, without a restart. ``disputes list``
-resolves each record handle to the department's own record reference, which needs the key ring
-(its passphrase from the environment, as ``psi node build``).
+Decisions take effect for the running node's next call, without a restart, and are signed into
+the node's audit log with its sealed key, so every command here needs the key ring passphrase
+from the environment, as ``psi node build``; ``disputes list`` also uses the key ring to resolve
+each record handle to the department's own record reference.
 """
 
 from __future__ import annotations

@@ -646,7 +646,7 @@ class VerifyReport:
             covered = f"entries 0..{self.signed - 1} verified, " if self.signed else ""
             return (
                 f"NOT VERIFIED: {covered}{span(self.signed, self.entries)} covered by no signed "
-                "tree head, so they may have been altered, added or removed"
+                "tree head: an entry altered, added or removed there leaves no trace"
             )
         return f"verified: no tampering found; all {self.entries} entries under signed tree heads"
 
