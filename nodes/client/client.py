@@ -412,7 +412,7 @@ class Client:
     ) -> tuple[TreeHead, dict[int, list[bytes]]]:
         """The node's tree head signed now, checked against its pinned audit key, and a
         consistency proof to it from each of ``sizes`` (heads of its log this client holds) that
-        it covers; a size beyond it gets none (its log is shorter than a head it signed)."""
+        it covers, asked in calls of at most ``MAX_CONSISTENCY_SIZES``."""
         self.catalogue(node)  # pins the node's key
         stub = self._stub(node)
 
@@ -423,15 +423,20 @@ class Client:
                 raise NodeError(node, None, "it answered proofs for other sizes than asked")
             return answer
 
-        answer = ask([], 0)
+        wanted = sorted(set(sizes))
+        answer = ask(wanted[:MAX_CONSISTENCY_SIZES], 0)
         head = tree_head(answer.head)
         if answer.node_id != node or not head.verify(load_public_key(self._node_keys[node]), node):
             raise NodeError(node, None, "its tree head is not signed by its pinned audit key")
-        wanted = sorted({n for n in sizes if n <= head.size})
-        proofs: dict[int, list[bytes]] = {}
-        for lo in range(0, len(wanted), MAX_CONSISTENCY_SIZES):
-            part = wanted[lo : lo + MAX_CONSISTENCY_SIZES]
-            proofs.update((p.from_size, list(p.hashes)) for p in ask(part, head.size).proofs)
+        answers = [answer]
+        for lo in range(MAX_CONSISTENCY_SIZES, len(wanted), MAX_CONSISTENCY_SIZES):
+            answers.append(ask(wanted[lo : lo + MAX_CONSISTENCY_SIZES], head.size))
+        proofs = {  # a size beyond the head has none: its log is shorter than a head it signed
+            p.from_size: list(p.hashes)
+            for a in answers
+            for p in a.proofs
+            if p.from_size <= head.size
+        }
         self.record(node, {"event": "consistency_proved", "proofs": len(proofs), "outcome": "ok"})
         return head, proofs
 

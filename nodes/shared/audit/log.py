@@ -533,14 +533,12 @@ class AuditLog:
 
     def prove(self, sizes: Sequence[int], to: int = 0) -> tuple[TreeHead | None, list[list[bytes]]]:
         """Consistency proofs from each of ``sizes`` to the tree of ``to`` entries, or (``to``
-        0) to a head over every entry signed now, which is returned too. The tree is read once
-        for all proofs; a size beyond ``to`` is a ValueError."""
+        0) to a head over every entry signed now, which is returned too. A size beyond that
+        tree has no proof (an empty one, which never verifies). The tree is read once."""
         head = None if to else self.sign_tree_head()
         end = head.size if head else to
-        if any(size > end for size in sizes):
-            raise ValueError(f"no consistency proof to {end} entries from a larger size")
         tree = self._tree(end)
-        return head, [tree.consistency_proof(size, end) for size in sizes]
+        return head, [tree.consistency_proof(n, end) if n <= end else [] for n in sizes]
 
 
 # -- reading and verifying ---------------------------------------------------------------------
