@@ -100,6 +100,7 @@ class NodeState:
         self.root = config.state
         self.oprf = oprf or Oprf()
         self._passphrase = passphrase
+        self._audit_seal = PassphraseSeal(passphrase)
         self._lock = threading.Lock()
         self._keyring: tuple[float, KeyRing] | None = None
         self._checked: OrderedDict[Path, tuple[tuple[int, ...], Served]] = OrderedDict()
@@ -142,7 +143,7 @@ class NodeState:
 
     def _audit(self, event: dict) -> None:
         """Record a change to what the node serves in its audit log."""
-        with open_party_log(self.root, self.config.id, PassphraseSeal(self._passphrase)) as audit:
+        with open_party_log(self.root, self.config.id, self._audit_seal) as audit:
             audit.append(event)
 
     # -- tables -----------------------------------------------------------------------------------

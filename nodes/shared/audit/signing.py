@@ -61,16 +61,20 @@ class KeySeal(Protocol):
 
 
 class PassphraseSeal:
-    """A node's seal: its key ring passphrase."""
+    """A node's seal: its key ring passphrase. Remembers what it opened, so a process that logs
+    several events (a build publishing many tables) pays scrypt once, not per event."""
 
     def __init__(self, passphrase: bytes):
         self._passphrase = passphrase
+        self._opened: dict[bytes, bytes] = {}
 
     def seal(self, secret: bytes) -> bytes:
         return seal(secret, self._passphrase, magic=PASSPHRASE_MAGIC, what=_WHAT)
 
     def open(self, blob: bytes) -> bytes:
-        return unseal(blob, self._passphrase, magic=PASSPHRASE_MAGIC, what=_WHAT)
+        if blob not in self._opened:
+            self._opened[blob] = unseal(blob, self._passphrase, magic=PASSPHRASE_MAGIC, what=_WHAT)
+        return self._opened[blob]
 
 
 class SecretSeal:
@@ -105,9 +109,9 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def _publish(path: Path, blob: bytes) -> bool:
+def _publish(path: Path, blob: bytes) -> None:
     """Write ``blob`` at ``path`` (0600) unless a file is there already: a temporary file linked
-    into place, so two processes creating a key at once agree on one. False when one existed."""
+    into place, so two processes creating a key at once agree on the first one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_MODE)
     try:
@@ -117,10 +121,9 @@ def _publish(path: Path, blob: bytes) -> bool:
             os.fsync(handle.fileno())
         os.link(temporary, path)
     except FileExistsError:
-        return False
+        pass  # another process made it first: its key is the one
     finally:
         temporary.unlink(missing_ok=True)
-    return True
 
 
 def open_signing_key(folder: Path, key_seal: KeySeal) -> Ed25519PrivateKey:
