@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from protocols.limits import CHUNK_BYTES, ELEMENTS_PER_CHUNK, MAX_MESSAGE_BYTES
+from protocols.limits import (
+    CHUNK_BYTES,
+    ELEMENTS_PER_CHUNK,
+    MAX_CONSISTENCY_SIZES,
+    MAX_MESSAGE_BYTES,
+)
 from psi.ids import contains_identifier
 from psi.labels import HANDLE_BYTES
 from psi.paillier import MAX_KEY_BITS
@@ -144,6 +149,7 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "label_fields": FIELDS,
     },
     "CloseSessionRequest": {"session_id": NAME},
+    "ConsistencyRequest": {"from_sizes": Many(ROW_ID, MAX_CONSISTENCY_SIZES), "to_size": ROW_ID},
     "AccessRequest": {
         "dataset_id": NAME,
         "purposes": Many(NAME, 32),

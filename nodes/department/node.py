@@ -52,7 +52,6 @@ from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2_grpc
 from protocols.limits import (
     ELEMENTS_PER_CHUNK,
     GRPC_OPTIONS,
-    MAX_CONSISTENCY_SIZES,
     MAX_MESSAGE_BYTES,
     SUPPORTED_PROTOCOL_VERSIONS,
     TABLE_CHUNK_BYTES,
@@ -499,13 +498,14 @@ class DepartmentNode(
     def ProveConsistency(self, request, context):
         """Gossip (RFC 9162 section 8.1.4): any federation peer may check the heads it holds."""
         peer = self._peer(context)
+        self._bounded(context, peer, request)
         sizes, to = list(request.from_sizes), request.to_size
         event = {"peer": peer_field(peer), "proofs": len(sizes)}
-        if len(sizes) > MAX_CONSISTENCY_SIZES or to > self.audit.size:
+        if to > self.audit.size:
             self._refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"at most {MAX_CONSISTENCY_SIZES} sizes, to a size the log has reached",
+                f"to_size {to} is beyond the log's {self.audit.size} entries",
                 event,
             )
         self._record({**event, "event": "consistency_proved", "outcome": "ok"})

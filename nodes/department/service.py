@@ -136,8 +136,10 @@ class NodeService(Generic[S]):
         return peer
 
     def _record(self, event: dict) -> None:
-        """Append to the audit log (counts and names only) and mirror a line to the node log."""
-        self.audit.append(event)
+        """Append to the audit log (counts and names only), under a head signed with it, so a
+        live node's log never ends in entries no signature covers; mirror a line to the node
+        log."""
+        self.audit.append(event, sign=True)
         if self.metrics is not None:
             self.metrics.observe(event)
         counts = " ".join(f"{k}={v}" for k, v in event.items() if isinstance(v, int))

@@ -424,11 +424,8 @@ class AuditLog:
         """Sign a head over any entries no head covers yet, then close: every command's entries
         end under a signature, whatever ``sign_every`` is."""
         try:
-            with self._transaction():
-                frontier = self._state().frontier
-                (signed,) = self._db.execute("SELECT MAX(size) FROM tree_heads").fetchone()
-                if frontier.size and frontier.size != signed:
-                    self._sign(frontier)
+            if self.size:
+                self.sign_tree_head()
         finally:
             self._db.close()
 
@@ -458,8 +455,9 @@ class AuditLog:
         )
         return _State(Frontier.from_bytes(meta["size"], meta["frontier"]), meta["last_time"])
 
-    def append(self, event: Mapping[str, Any]) -> int:
-        """Append ``event`` (see ``FIELDS``) and return its index, once it is durable. The log
+    def append(self, event: Mapping[str, Any], *, sign: bool = False) -> int:
+        """Append ``event`` (see ``FIELDS``) and return its index, once it is durable, with a
+        head over it when ``sign`` (in the same transaction: one commit). The log
         adds ``index`` and ``time`` (UTC, never earlier than the previous entry's). Text that
         cannot be logged is replaced by a description (``loggable``); a malformed event (unknown
         fields, wrong types, bytes) is refused with ValueError."""
@@ -479,7 +477,7 @@ class AuditLog:
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [(index + 1, "size"), (state.frontier.to_bytes(), "frontier"), (now, "last_time")],
             )
-            if state.frontier.size % self.sign_every == 0:
+            if sign or state.frontier.size % self.sign_every == 0:
                 self._sign(state.frontier)
         return index
 
@@ -493,9 +491,17 @@ class AuditLog:
         return self._key.sign(message)
 
     def sign_tree_head(self) -> TreeHead:
-        """Sign and store a head over every entry so far (the node signs one per receipt)."""
+        """A head over every entry so far: the latest one when it covers them all already, else
+        one signed and stored now (the node takes one for every receipt)."""
         with self._transaction():
-            return self._sign(self._state().frontier)
+            frontier = self._state().frontier
+            latest = self._db.execute(
+                "SELECT size, root_hash, timestamp, signature FROM tree_heads "
+                "ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if latest is not None and latest[0] == frontier.size:
+                return TreeHead(*latest)
+            return self._sign(frontier)
 
     def _sign(self, frontier: Frontier) -> TreeHead:
         root = frontier.root()
