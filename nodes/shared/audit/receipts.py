@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -110,18 +111,26 @@ class HeldReceipts:
         self._db = sqlite3.connect(
             str(log_path), isolation_level=None, check_same_thread=False, timeout=30
         )
+        self._lock = threading.Lock()  # the nodes of one query answer in threads of their own
         self._db.execute(_HELD_SCHEMA)
 
     def keep(self, receipt: psi_pb2.SessionReceipt) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO held_receipts VALUES (?, ?, ?, ?)",
-            (
-                receipt.node_id,
-                receipt.session_id,
-                receipt.tree_head.size,
-                receipt.SerializeToString(deterministic=True),
-            ),
+        """Durably, beside the log's own writer: BEGIN IMMEDIATE waits for the write lock, where
+        a plain INSERT would fail at once if the log committed since it began reading."""
+        row = (
+            receipt.node_id,
+            receipt.session_id,
+            receipt.tree_head.size,
+            receipt.SerializeToString(deterministic=True),
         )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO held_receipts VALUES (?, ?, ?, ?)", row)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
