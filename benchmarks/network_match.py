@@ -2,6 +2,7 @@
 and the civil-affairs client in this process, against OpenMined's PSI in-process on the same sets.
 
     python -m benchmarks.network_match [--size 100000] [--repeat 1] [--openmined | --no-openmined]
+                                       [--profiles 1]
 
 The register CSV is built by ``psi node build`` in a child process (timed, peak memory from
 ``getrusage(RUSAGE_CHILDREN)``), then ``psi node serve`` answers ``Client.query``. The node's peak
@@ -11,6 +12,10 @@ client interceptor; loopback interface counters give a cross-check including TLS
 TCP/IP (an upper bound: other processes' loopback traffic counts too). Each repeat queries with a
 fresh client cache, so every identifier is evaluated; OpenMined runs as many times, and the best
 of each counts. Results go to ``network_match_<size>.json``.
+
+``--profiles 2`` grants a second client ``status`` alone: a second field profile, which the build
+evaluates under its own key (docs/tables.md), so its build time less that of ``--profiles 1`` is
+what a profile costs (results in ``network_match_<size>_profiles2.json``).
 
 Targets: at 100k x 100k, the query at least 2x faster than OpenMined's in-process PSI; at 1M x 1M,
 the query within 8 minutes with node and client each under 2 GB peak memory.
@@ -32,10 +37,11 @@ from benchmarks.common import RESULTS, WireCounter, load, peak_rss_mib, report
 from benchmarks.data import overlapping, register_rows, write_register
 from benchmarks.labelled_match import openmined_psi
 from nodes.client.client import Client
-from nodes.demo.federation import LocalFederation
+from nodes.demo.federation import CLIENT, LocalFederation
 from nodes.shared.config import Limits, load_federation
 
 DEPARTMENT = "prison"
+STATUS_ONLY = "education"  # with --profiles 2: a client granted status alone
 MINUTES = 60
 
 
@@ -121,6 +127,9 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="also run OpenMined's PSI in-process (default: for sizes up to 200,000)",
     )
+    parser.add_argument(
+        "--profiles", type=int, choices=(1, 2), default=1, help="field profiles the node builds"
+    )
     parser.add_argument("--note", default="", help="free text kept in the results (e.g. a patch)")
     parser.add_argument("--out", type=Path, help="results file (JSON)")
     args = parser.parse_args()
@@ -135,7 +144,13 @@ def main() -> None:
         del register  # the client never holds the register; made again below for the checks
         budget = n * args.repeat  # every repeat evaluates the whole roster again
         limits = Limits(per_session=n, per_day=budget, per_epoch=budget)
-        with LocalFederation(root, {DEPARTMENT: csv}, limits=limits) as fed:
+        with LocalFederation(
+            root,
+            {DEPARTMENT: csv},
+            limits=limits,
+            clients=(CLIENT, STATUS_ONLY)[: args.profiles],
+            fields={STATUS_ONLY: ["status"]},
+        ) as fed:
             fed.setup()
             build_seconds, build_rss = build(fed)
             loads.append(load())
@@ -157,6 +172,7 @@ def main() -> None:
     element_bytes = best["sent"].get("Evaluate", 0) + best["received"].get("Evaluate", 0)
     results = {
         "note": args.note,
+        "profiles": args.profiles,
         "size": n,
         "overlap": args.overlap,
         "intersection": len(best["matches"]),
@@ -222,7 +238,8 @@ def main() -> None:
         table.append(("ratio openmined / query", f"{ratio:.2f}x"))
     results["targets_met"] = targets
     table += [(f"target {name}", str(met)) for name, met in targets.items()]
-    report("network_match", results, table, args.out or RESULTS / f"network_match_{n}.json")
+    suffix = f"_profiles{args.profiles}" if args.profiles > 1 else ""
+    report("network_match", results, table, args.out or RESULTS / f"network_match_{n}{suffix}.json")
 
 
 if __name__ == "__main__":
