@@ -282,7 +282,10 @@ class Client:
         self._lock = threading.Lock()  # over _channels and _caches
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        with self._lock:  # warm()'s thread may be opening a channel right now
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel in channels:
             channel.close()
         self.receipts.close()
         self.audit.close()  # signs a head over this command's entries
