@@ -305,6 +305,33 @@ def normalise_many(
     )
 
 
+class Canonical(list[str]):
+    """Identifiers known to be canonical: what ``canonical`` returns, and what code that read them
+    through ``normalise_many`` may wrap its own in (a screening's millions of parents), so that
+    the client does not check them twice."""
+
+
+def canonical(values: Iterable[str], *, today: date | None = None) -> Canonical:
+    """``values`` in canonical form, in order, exactly as the command line reads a file (every
+    spelling ``normalise`` accepts). Raises ``InputError`` saying how many values are not identity
+    numbers, why, and which comes first (masked), rather than let one silently never match."""
+    if isinstance(values, Canonical):
+        return values
+    values = list(values)
+    batch = normalise_many(values, today=today)
+    bad = np.flatnonzero(~batch.valid)
+    if len(bad):
+        why = Counter(batch.describe(code) for code in batch.reasons[bad].tolist()).most_common()
+        first = int(bad[0])
+        raise InputError(
+            f"{len(bad)} of {len(values)} identifiers are not identity numbers ("
+            + "; ".join(f"{reason}: {n}" for reason, n in why)
+            + f"), the first at index {first} ({mask(str(values[first]))!r}); correct or drop "
+            "them (psi.ids.normalise_many says which, with why)"
+        )
+    return Canonical(value.decode("ascii") for value in batch.ids.tolist())
+
+
 def normalise(raw: str, *, today: date | None = None, source: Source | None = None) -> str:
     """The canonical 18-character upper-case form of an identity number.
 

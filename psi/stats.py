@@ -41,6 +41,9 @@ CARDINALITY = "cardinality"
 INTERSECTION_SUM = "intersection_sum"
 GROUPED_SUM = "grouped_sum"
 PROTOCOLS = (CARDINALITY, INTERSECTION_SUM, GROUPED_SUM)
+# The largest value one element may add to a sum: 63 bits, so that a million of them (83 bits)
+# pack in a slot of any key the protocols allow. Days, yuan and counts stay far below it.
+MAX_VALUE = 2**63 - 1
 
 
 # -- shuffling -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -536,6 +537,7 @@ def psi_stats(federation, path, *args, purpose="statistics"):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=Path(path).parent,  # rejects without --out go to the current folder
     )  # fmt: skip
 
 
@@ -580,7 +582,7 @@ def test_psi_stats_exit_codes(federation, inputs, tmp_path):
     path = write_rows(tmp_path / "bad.csv", ["id_number", "days"], rows)
     bad_value = psi_stats(federation, path, "--values", "days")
     assert bad_value.returncode == 2
-    assert "(column days): 1 rows not a whole number of 0 or more (lines 5)" in bad_value.stderr
+    assert "bad.csv:5 (column days): not a whole number of 0 or more" in bad_value.stderr
     no_column = psi_stats(federation, path, "--group-by", "county")
     assert no_column.returncode == 2 and "no column 'county'" in no_column.stderr
     refused = psi_stats(federation, path, purpose="screening")

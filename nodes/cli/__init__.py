@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from nodes.shared.atrest import private_files
 from psi.errors import KinlinkError
@@ -32,6 +33,9 @@ COMMANDS = (
     "disputes",
 )
 
+# gRPC's core logs failed TLS handshakes itself; the command says what failed in one line.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -41,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="psi",
         description="kinlink: privacy-preserving federated matching between departments.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"nodes.cli.{name}").register(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("kinlink")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 from nodes.cli.inputs import parse_date
+from nodes.cli.output import writing
 from nodes.cli.screen import summary
-from nodes.client.client import Client, NodeError, QueryResult, write_matches
+from nodes.client.client import Client, NodeError, QueryResult
+from nodes.client.matches import write_csv
 from nodes.client.roster import parent_ids, read_roster
 from nodes.client.screening import ScreeningResult, roll_register, screen
 from nodes.client.statistics import StatsClient, StatsResult
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     failed = {node: r for (node, _), r in results.items() if isinstance(r, NodeError)}
     ok: list[QueryResult] = [r for r in results.values() if not isinstance(r, NodeError)]
     matches_path = args.out / "matches.csv"
-    write_matches(matches_path, ok)
+    with writing(matches_path) as handle:
+        write_csv(handle, ok)
 
     print(
         f"\n{'node':<12} {'table':>7} {'queried':>8} {'matched':>8} {'KiB in':>7}  "

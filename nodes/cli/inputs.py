@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from nodes.cli.output import is_stdout
 from psi.errors import InputError
 from psi.ids import IdColumn, read_columns, summary, write_rejects
 
@@ -19,16 +20,24 @@ def parse_date(text: str | None, option: str = "--as-of") -> date:
 
 
 def read_id_file(
-    path: Path, column: str, rejects_beside: Path, cells: Sequence[str] = ()
+    path: Path,
+    column: str,
+    out: Path | None,
+    rejects: Path | None = None,
+    cells: Sequence[str] = (),
 ) -> tuple[IdColumn, dict[str, list[str | None]]]:
     """A file of identifiers as the query commands read it, with the raw ``cells`` of other
-    columns from the same pass: counts on stderr, and the invalid cells, masked, in
-    ``<rejects_beside's stem>.rejects.csv`` next to it."""
+    columns from the same pass: counts on stderr, and the invalid cells, masked, in ``rejects``
+    (default: ``<out's stem>.rejects.csv`` beside the command's output ``out``, or, when that is
+    standard output or none, ``<input's stem>.rejects.csv`` in the current folder: never beside
+    the input, which may sit where the officer cannot or should not write)."""
     columns, others = read_columns(path, [column], cells)
     read = columns[column]
     print(summary(read), file=sys.stderr)
     if read.rejects:
-        rejects = rejects_beside.with_name(rejects_beside.stem + ".rejects.csv")
+        if rejects is None:
+            beside = Path(path.name) if out is None or is_stdout(out) else out
+            rejects = beside.with_name(beside.stem + ".rejects.csv")
         write_rejects(rejects, read.rejects)
         print(f"{len(read.rejects)} invalid identifiers listed in {rejects}", file=sys.stderr)
     return read, others

@@ -18,16 +18,19 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from nodes.cli.inputs import read_id_file
+from nodes.cli.output import STDOUT, status_stream, writing
 from nodes.cli.query import EXIT_NO_MATCHES, EXIT_NODE_FAILED
-from nodes.client.client import Client, NodeError
+from nodes.client.client import Client, DatasetNotOffered, NodeError
 from nodes.client.statistics import StatsClient, StatsResult
 from nodes.shared.config import STATISTICS_PURPOSE, load_federation
 from psi.errors import InputError, Source
-from psi.ids import IdColumn, contains_identifier, mask
+from psi.ids import Canonical, IdColumn, contains_identifier, mask
+from psi.stats import MAX_VALUE
 
 MAX_PROBLEMS = 5  # cells listed in one error message
 
@@ -52,16 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"a statistics purpose granted by the node (e.g. {STATISTICS_PURPOSE})",
     )
     parser.add_argument("--legal-basis", default="", help="reference recorded with the query")
-    parser.add_argument("--out", type=Path, help="CSV of the totals to write")
-    parser.add_argument("--json", type=Path, help="JSON of the result to write")
+    parser.add_argument("--out", type=Path, help=f"CSV of the totals to write ({STDOUT}: stdout)")
+    parser.add_argument("--json", type=Path, help=f"JSON of the result to write ({STDOUT}: stdout)")
+    parser.add_argument(
+        "--rejects", type=Path, help="invalid identifiers, masked (default: beside --out)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
     wanted = [c for c in (args.values, args.group_by) if c]
-    column, cells = read_id_file(args.ids, args.column, args.out or args.json or args.ids, wanted)
+    out = args.out or args.json
+    column, cells = read_id_file(args.ids, args.column, out, args.rejects, wanted)
     rows = np.flatnonzero(column.valid)
+    if not len(rows):
+        raise InputError(
+            f"no valid identifier in column {args.column!r}: nothing to count",
+            Source(str(args.ids)),
+        )
     values = _values(args, column, rows, cells) if args.values else None
     groups = _groups(args, column, rows, cells) if args.group_by else None
     ids = _distinct(column, rows, keyed=values is not None or groups is not None)
@@ -76,14 +88,18 @@ def run(args: argparse.Namespace) -> int:
                 groups=groups,
                 legal_basis_ref=args.legal_basis,
             )
+        except DatasetNotOffered as exc:
+            raise InputError(str(exc)) from None
         except NodeError as exc:
             print(f"psi stats: node failed: {exc}", file=sys.stderr)
             return EXIT_NODE_FAILED
-    print(_report(result, args.values))
+    print(_report(result, args.values), file=status_stream(args.out) if args.out else sys.stdout)
     if args.out:
-        _write_csv(args.out, result)
+        with writing(args.out) as handle:
+            _write_csv(handle, result)
     if args.json:
-        _write_json(args.json, result, args.values, args.group_by)
+        with writing(args.json) as handle:
+            _write_json(handle, result, args.values, args.group_by)
     return 0 if result.intersection else EXIT_NO_MATCHES
 
 
@@ -109,7 +125,10 @@ def _values(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: 
         if not (c.isascii() and c.isdigit())
     ]
     _fail(args.ids, args.values, bad, "not a whole number of 0 or more")
-    return [int(c) for c in cells]
+    values = [int(c) for c in cells]
+    large = [column.lines[i] for i, v in zip(rows.tolist(), values, strict=True) if v > MAX_VALUE]
+    _fail(args.ids, args.values, large, f"over the largest value a sum takes ({MAX_VALUE})")
+    return values
 
 
 def _groups(args: argparse.Namespace, column: IdColumn, rows: np.ndarray, read: Cells) -> list[str]:
@@ -127,10 +146,12 @@ def _fail(file: Path, name: str, lines: Sequence[int], reason: str) -> None:
     shown = ", ".join(map(str, lines[:MAX_PROBLEMS])) + (
         " ..." if len(lines) > MAX_PROBLEMS else ""
     )
+    if len(lines) == 1:
+        raise InputError(reason, Source(str(file), int(lines[0]), name))
     raise InputError(f"{len(lines)} rows {reason} (lines {shown})", Source(str(file), column=name))
 
 
-def _distinct(column: IdColumn, rows: np.ndarray, *, keyed: bool) -> list[str]:
+def _distinct(column: IdColumn, rows: np.ndarray, *, keyed: bool) -> Canonical:
     """The valid identifiers, each once. A repeat is dropped when only identifiers count, and an
     error when it carries a value or group (which of its rows would count?)."""
     ids = [column.ids[i].decode() for i in rows.tolist()]
@@ -144,7 +165,7 @@ def _distinct(column: IdColumn, rows: np.ndarray, *, keyed: bool) -> list[str]:
         first.setdefault(x, int(column.lines[i]))
     if len(first) < len(ids):
         print(f"{len(ids) - len(first)} repeated identifiers counted once", file=sys.stderr)
-    return list(first)
+    return Canonical(first)
 
 
 def _report(result: StatsResult, values: str | None) -> str:
@@ -169,17 +190,15 @@ def _rows(result: StatsResult) -> list[tuple[str, int, int | None]]:
     return [(label, t.count, t.sum) for label, t in result.groups.items()]
 
 
-def _write_csv(path: Path, result: StatsResult) -> None:
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("group", "count", "sum"))
-            writer.writerows((g, c, "" if s is None else s) for g, c, s in _rows(result))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+def _write_csv(handle: TextIO, result: StatsResult) -> None:
+    writer = csv.writer(handle)
+    writer.writerow(("group", "count", "sum"))
+    writer.writerows((g, c, "" if s is None else s) for g, c, s in _rows(result))
 
 
-def _write_json(path: Path, result: StatsResult, values: str | None, group_by: str | None) -> None:
+def _write_json(
+    handle: TextIO, result: StatsResult, values: str | None, group_by: str | None
+) -> None:
     document = {
         "node": result.node,
         "dataset": result.dataset,
@@ -194,7 +213,4 @@ def _write_json(path: Path, result: StatsResult, values: str | None, group_by: s
         if result.groups is None
         else {g: {"count": t.count, "sum": t.sum} for g, t in result.groups.items()},
     }
-    try:
-        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    handle.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -16,7 +16,6 @@ empty result.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import threading
@@ -32,6 +31,7 @@ import grpc
 import numpy as np
 
 from nodes.client import sessions
+from nodes.client.reach import REACH_SECONDS, likely_cause
 from nodes.shared.accountability import request_hint
 from nodes.shared.atrest import (
     DamagedFile,
@@ -63,7 +63,8 @@ from protocols.limits import (
     negotiate,
 )
 from psi.errors import InputError, KinlinkError
-from psi.labels import REGISTER_COLUMNS, Label, profile_name
+from psi.ids import canonical
+from psi.labels import Label, profile_name
 from psi.matching import Found, lookup_tags
 from psi.oprf import Oprf
 from psi.table import (
@@ -76,16 +77,6 @@ from psi.table import (
     derive,
     entry_fingerprints,
 )
-
-MATCH_COLUMNS = (
-    *REGISTER_COLUMNS[:-1],
-    "record_handle",
-    "node",
-    "dataset",
-    "key_epoch",
-    "table_version",
-)
-
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # A session to resume that the node no longer holds (closed, expired, restarted) or that the client
@@ -114,12 +105,23 @@ Interceptor = (
 
 
 class NodeError(KinlinkError):
-    """A node refused or could not be reached; ``code`` is the gRPC status."""
+    """A node refused or could not be reached; ``code`` is the gRPC status. Given the node's
+    ``address``, a failure to reach it names the likely cause instead of gRPC's transport detail
+    (``reach.likely_cause``)."""
 
-    def __init__(self, node: str, code: grpc.StatusCode | None, details: str):
+    def __init__(
+        self, node: str, code: grpc.StatusCode | None, details: str, address: str | None = None
+    ):
         self.node, self.code = node, code
         name = code.name if code else "ERROR"
-        super().__init__(f"node {node!r}: {name}: {details}")
+        cause = likely_cause(code, details, address) if address else None
+        where = f"node {node!r} at {address}" if address else f"node {node!r}"
+        super().__init__(f"{where}: {name}: {cause or details}")
+
+
+class DatasetNotOffered(NodeError):
+    """The node offers this client no dataset of that name: a mistake in the input (a misspelt
+    name) rather than a refusal; the message lists the datasets it does offer."""
 
 
 @dataclass(eq=False)
@@ -211,8 +213,8 @@ class _Blinder:
     blocks are blinded and earlier answers finalized. Keeps the blinded elements and the
     blinds' inverses (one inversion per identifier, whatever the number of nodes served)."""
 
-    def __init__(self, oprf: Oprf, inputs: list[bytes], progress: Progress | None):
-        self.oprf, self.inputs, self.progress = oprf, inputs, progress
+    def __init__(self, oprf: Oprf, inputs: list[bytes]):
+        self.oprf, self.inputs = oprf, inputs
         self.blinded = np.empty((len(inputs), oprf.suite.element_size), np.uint8)
         self.inverses = np.empty((len(inputs), oprf.suite.scalar_size), np.uint8)
         self.seconds = 0.0
@@ -225,9 +227,7 @@ class _Blinder:
         try:
             for lo in range(0, len(self.inputs), STREAM_CHUNK):
                 hi = min(lo + STREAM_CHUNK, len(self.inputs))
-                blinds, self.blinded[lo:hi] = self.oprf.blind_batch(
-                    self.inputs[lo:hi], progress=self.progress
-                )
+                blinds, self.blinded[lo:hi] = self.oprf.blind_batch(self.inputs[lo:hi])
                 self.inverses[lo:hi] = self.oprf.invert_blinds(blinds)
                 with self._changed:
                     self._ready = hi
@@ -255,7 +255,7 @@ class Client:
         *,
         oprf: Oprf | None = None,
         retries: int = 4,
-        backoff: float = 0.5,
+        backoff: float = 0.25,
         interceptors: Sequence[Interceptor] = (),
     ):
         """``interceptors`` go on every channel (the benchmarks count bytes with one, tests
@@ -371,17 +371,26 @@ class Client:
         thread.start()
         return thread
 
+    def failure(self, node: str, exc: grpc.RpcError) -> NodeError:
+        """A failed call as ``NodeError``, naming the node's address and, when it could not be
+        reached, the likely cause."""
+        address = self.config.node(node).address
+        return NodeError(node, exc.code(), exc.details() or "", address)
+
     def call(self, node: str, what: Callable[[], object]) -> object:
         """Run one idempotent call, retrying with exponential backoff while the node is
-        unreachable; any other failure is final."""
+        unreachable, for at most ``reach.REACH_SECONDS``; any other failure is final."""
+        started = time.monotonic()
         for attempt in range(self.retries + 1):
             try:
                 return what()
             except grpc.RpcError as exc:
-                if exc.code() in RETRYABLE and attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
+                delay = self.backoff * 2**attempt
+                late = time.monotonic() - started + delay > REACH_SECONDS
+                if exc.code() in RETRYABLE and attempt < self.retries and not late:
+                    time.sleep(delay)
                     continue
-                raise NodeError(node, exc.code(), exc.details() or "") from None
+                raise self.failure(node, exc) from None
         raise AssertionError("unreachable")
 
     # -- the service ----------------------------------------------------------------------------
@@ -390,7 +399,7 @@ class Client:
         or pre-seeded by placing the node's key in ``<cache>/node-keys/<node>.pem``)."""
         stub = self._stub(node)
         catalogue = self.call(
-            node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=CALL_TIMEOUT)
+            node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=REACH_SECONDS)
         )
         self._pin(node, catalogue.audit_public_key)
         return catalogue
@@ -453,7 +462,10 @@ class Client:
         legal_basis_ref: str = "",
         progress: Progress | None = None,
     ) -> QueryResult:
-        """Which of ``ids`` (canonical identifiers) the node's dataset holds, with their labels."""
+        """Which of ``ids`` the node's dataset holds, with their labels. Identifiers are read
+        as the command line reads a file (``psi.ids.canonical``: lower-case x, full-width
+        digits, separators and 15-digit numbers are accepted; ``result.ids`` and ``matches`` give
+        the canonical form); an invalid one is an ``InputError`` saying how many and why."""
         result = self.query_many(
             [(node, dataset)],
             ids,
@@ -479,7 +491,10 @@ class Client:
         afresh for each node where the federation file asks for per-node blinds (each node sees
         uniformly random elements either way; see docs/threat-model.md). Blinding, the nodes'
         evaluation and finalizing overlap block by block. A failed node's entry is its
-        ``NodeError``, so the others' results are not lost."""
+        ``NodeError``, so the others' results are not lost. ``ids`` as ``query`` takes them;
+        ``progress`` advances once per identifier and dataset answered (from the cache or the
+        node), so its total is ``len(ids) * len(requests)``."""
+        ids = canonical(ids)
         keys = self.identifier_keys(ids)
         by_first = np.argsort(keys[:, 0])  # sorted once for every node's cache lookup
 
@@ -492,7 +507,9 @@ class Client:
         with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
             plans = dict(zip(requests, pool.map(plan, requests), strict=True))
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
-        blinders = self._blinders(ready, ids, progress)
+        blinders = self._blinders(ready, ids)
+        if progress:  # answered from the cache already
+            progress(sum(len(ids) - len(p.fresh) for p in ready))
 
         def answer(plan: _Plan, blinder: _Blinder, rows: np.ndarray) -> _Answer | NodeError:
             try:
@@ -572,11 +589,11 @@ class Client:
         entry = next((d for d in catalogue.datasets if d.dataset_id == dataset), None)
         if entry is None:
             offered = ", ".join(d.dataset_id for d in catalogue.datasets) or "none"
-            raise NodeError(
+            raise DatasetNotOffered(
                 node,
                 grpc.StatusCode.NOT_FOUND,
-                f"no dataset {dataset!r} for this client; offered: {offered}; "
-                + request_hint(node, dataset, purpose),
+                f"no dataset {dataset!r} for this client; its datasets: {offered} "
+                f"(to ask for another: {request_hint(node, dataset, purpose)})",
             )
         cache = self._cache(node, entry)
         found, derived = cache.lookup(keys, by_first)
@@ -594,23 +611,18 @@ class Client:
         )
 
     def _blinders(
-        self, plans: Sequence[_Plan], ids: Sequence[str], progress: Progress | None
+        self, plans: Sequence[_Plan], ids: Sequence[str]
     ) -> list[tuple[_Blinder, np.ndarray]]:
         """For each plan, its blinder and the rows of the blinder holding its fresh identifiers:
-        one blinder over the union for every node, or one of its own per node (per-node blinds;
-        the progress bar follows the first, the blinding of one node's identifiers)."""
+        one blinder over the union for every node, or one of its own per node (per-node
+        blinds)."""
         if self.config.blinds == PER_NODE_BLINDS:
             return [
-                (
-                    _Blinder(
-                        self.oprf, [ids[i].encode() for i in p.fresh], None if n else progress
-                    ),
-                    np.arange(len(p.fresh)),
-                )
-                for n, p in enumerate(plans)
+                (_Blinder(self.oprf, [ids[i].encode() for i in p.fresh]), np.arange(len(p.fresh)))
+                for p in plans
             ]
         union = np.unique(np.concatenate([p.fresh for p in plans] or [np.empty(0, np.intp)]))
-        shared = _Blinder(self.oprf, [ids[i].encode() for i in union], progress)
+        shared = _Blinder(self.oprf, [ids[i].encode() for i in union])
         return [(shared, np.searchsorted(union, p.fresh)) for p in plans]
 
     def _answer(
@@ -797,7 +809,7 @@ class Client:
                 finalizing += time.perf_counter() - t
             answers.result()
         except grpc.RpcError as exc:
-            raise NodeError(node, exc.code(), exc.details() or "") from None
+            raise self.failure(node, exc) from None
         except WireError as exc:
             raise NodeError(node, None, f"the answer broke the wire contract: {exc}") from None
         plan.timings["finalize"] = plan.timings.get("finalize", 0.0) + finalizing
@@ -900,34 +912,3 @@ class Client:
             path.unlink()
             return None
         return Table.from_bytes(body, str(path))
-
-
-def write_matches(path: Path, results: Sequence[QueryResult]) -> int:
-    """Matched records as CSV, one row per record; returns the number of rows."""
-    rows = 0
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(MATCH_COLUMNS)
-            for result in results:
-                for identifier, label in result.matches:
-                    for r in label.records:
-                        writer.writerow(
-                            (
-                                identifier,
-                                r.status,
-                                r.start or "",
-                                r.end or "",
-                                r.disability_grade or "",
-                                r.disability_kind or "",
-                                r.handle.hex() if r.handle else "",
-                                result.node,
-                                result.dataset,
-                                result.epoch,
-                                result.table_version,
-                            )
-                        )
-                        rows += 1
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    return rows

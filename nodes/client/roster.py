@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from psi.ids import IdColumn, Reject, id_numbers, mask, read_columns
+from psi.ids import Canonical, IdColumn, Reject, id_numbers, mask, read_columns
 
 CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
@@ -115,7 +115,7 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
 
 def parents_of(
     fathers: np.ndarray, mothers: np.ndarray
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+) -> tuple[Canonical, np.ndarray, np.ndarray]:
     """The distinct valid identifiers among ``fathers`` and ``mothers`` ('S18', b"": unknown,
     as ``Roster`` holds them), sorted, and each child's father and mother as rows of that list
     (-1: unknown), by one sort of ``psi.ids.id_numbers``."""
@@ -124,9 +124,10 @@ def parents_of(
     if len(distinct) and distinct[0] == 0:
         first, inverse = first[1:], inverse - 1
     pairs = inverse.reshape(-1, 2).astype(np.intp)
-    return [v.decode("ascii") for v in cells[first].tolist()], pairs[:, 0], pairs[:, 1]
+    distinct_ids = Canonical(v.decode("ascii") for v in cells[first].tolist())
+    return distinct_ids, pairs[:, 0], pairs[:, 1]
 
 
-def parent_ids(roster: Roster) -> list[str]:
+def parent_ids(roster: Roster) -> Canonical:
     """The distinct valid parent identifiers of a roster, sorted: what a plain query sends."""
     return parents_of(roster.fathers, roster.mothers)[0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from nodes.client.client import CALL_TIMEOUT, Client, NodeError
+from nodes.client.client import CALL_TIMEOUT, Client, DatasetNotOffered, NodeError
 from nodes.shared.accountability import request_hint
 from protocols.kinlink.v1 import psi_pb2, stats_pb2, stats_pb2_grpc
 from protocols.limits import (
@@ -35,10 +35,12 @@ from protocols.limits import (
 )
 from psi import paillier
 from psi.errors import CryptoError, InputError
+from psi.ids import canonical
 from psi.stats import (
     CARDINALITY,
     GROUPED_SUM,
     INTERSECTION_SUM,
+    MAX_VALUE,
     Blinder,
     SumLayout,
     count_common,
@@ -97,8 +99,10 @@ class StatsClient:
     ) -> StatsResult:
         """Cardinality (``ids`` alone), intersection-sum (with ``values``) or grouped sums (with
         ``groups``: counts per group, and sums per group with ``values`` too). ``ids`` are
-        canonical and distinct; ``values`` non-negative integers; both lists align with ``ids``.
+        distinct people, read as ``Client.query`` reads them; ``values`` integers in [0,
+        ``psi.stats.MAX_VALUE``]; both lists align with ``ids``.
         """
+        ids = canonical(ids)
         if groups is not None:
             protocol = GROUPED_SUM
         else:
@@ -108,7 +112,9 @@ class StatsClient:
         offer, versions = self._offer(node, dataset, purpose, protocol)
         if len(labels) > offer.max_groups:
             raise InputError(
-                f"{len(labels)} groups; {node}/{dataset} sums at most {offer.max_groups} per run"
+                f"{len(labels)} groups; {node}/{dataset} sums at most {offer.max_groups} per run: "
+                f"group by a coarser column, or split the file into runs of at most "
+                f"{offer.max_groups} groups each"
             )
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -207,7 +213,14 @@ class StatsClient:
         where the offer lacks the protocol or purpose. The node checks again: it decides."""
         catalogue = self.client.catalogue(node)
         entry = next((d for d in catalogue.datasets if d.dataset_id == dataset), None)
-        offer = entry.statistics if entry is not None else psi_pb2.StatisticsOffer()
+        if entry is None:
+            offered = ", ".join(d.dataset_id for d in catalogue.datasets) or "none"
+            raise DatasetNotOffered(
+                node,
+                grpc.StatusCode.NOT_FOUND,
+                f"no dataset {dataset!r} for this client; its datasets: {offered}",
+            )
+        offer = entry.statistics
         if protocol not in offer.protocols or purpose not in offer.purposes:
             allowed = ", ".join(offer.protocols) or "none"
             purposes = ", ".join(offer.purposes) or "none"
@@ -216,7 +229,7 @@ class StatsClient:
             hint = "; " + request_hint(node, dataset, purpose) if served else ""
             raise NodeError(
                 node,
-                grpc.StatusCode.PERMISSION_DENIED if entry else grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.PERMISSION_DENIED,
                 f"dataset {dataset!r} offers this client the statistics {allowed} under the "
                 f"purposes {purposes}, not {protocol} for {purpose!r}{hint}",
             )
@@ -263,7 +276,7 @@ class StatsClient:
         stub = self._stub(node)
         width = blinder.suite.element_size
         received = Reassembler(session.node_set_size, width)
-        with _errors(node):
+        with _errors(self.client, node):
             for chunk in stub.FetchNodeSet(stats_pb2.NodeSetRequest(session_id=session.session_id)):
                 block = blinder.blind(unpack(chunk.elements, chunk.count, width))
                 received.add(block.tobytes(), chunk.count, chunk.sequence)
@@ -277,7 +290,7 @@ class StatsClient:
             stats_pb2.ElementChunk, session.session_id, mine, session.max_elements_per_chunk
         )
         answers = Reassembler(len(mine), mine.shape[1])
-        with _errors(node):
+        with _errors(self.client, node):
             for reply in stub.Cardinality(chunks):
                 answers.add(reply.elements, reply.count, reply.sequence)
             return answers.result()
@@ -313,17 +326,17 @@ class StatsClient:
                     **part,
                 )
 
-        with _errors(node):
+        with _errors(self.client, node):
             return stub.IntersectionSum(chunks())
 
 
 @contextmanager
-def _errors(node: str) -> Iterator[None]:
+def _errors(client: Client, node: str) -> Iterator[None]:
     """A failed stream or a broken answer as ``NodeError``: never a partial result."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise NodeError(node, exc.code(), exc.details() or "") from None
+        raise client.failure(node, exc) from None
     except (WireError, CryptoError) as exc:
         raise NodeError(node, None, f"the node broke the protocol: {exc}") from None
 
@@ -336,5 +349,5 @@ def _check_inputs(
     for name, column in (("values", values), ("groups", groups)):
         if column is not None and len(column) != len(ids):
             raise InputError(f"{len(column)} {name} for {len(ids)} identifiers")
-    if values is not None and any(v < 0 for v in values):
-        raise InputError("values must be non-negative integers")
+    if values is not None and any(not 0 <= v <= MAX_VALUE for v in values):
+        raise InputError(f"values must be integers from 0 to {MAX_VALUE}")
