@@ -30,8 +30,8 @@ def match_rows(results: Sequence[QueryResult]) -> Iterator[tuple[Any, ...]]:
                 yield (
                     identifier,
                     r.status,
-                    r.start or "",
-                    r.end or "",
+                    r.start.isoformat() if r.start else "",
+                    r.end.isoformat() if r.end else "",
                     r.disability_grade or "",
                     r.disability_kind or "",
                     r.handle.hex() if r.handle else "",

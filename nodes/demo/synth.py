@@ -145,6 +145,13 @@ class City:
         """The canonical identifier behind a written one; None when blank or planted invalid."""
         return self.messy_ids.get(written, written) if written else None
 
+    def parents_as_written(self) -> dict[str, str]:
+        """The roster's valid parent identifiers as its file spells them (15-digit, lower-case
+        x, full-width, spaced or canonical), each with its canonical form: what a script that
+        reads the roster's cells hands the client."""
+        written = (x for row in self.roster for x in (row.father_id, row.mother_id))
+        return {x: c for x in written if (c := self.canonical(x))}
+
 
 def six_months_after(start: date) -> date:
     """The first date on which a span from ``start`` has lasted six months (see ``SIX_MONTHS``)."""
