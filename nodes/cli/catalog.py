@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from google.protobuf.json_format import MessageToDict
 
 from nodes.cli.query import EXIT_NODE_FAILED
 from nodes.client.accountability import AccountabilityClient
@@ -33,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     show = actions.add_parser("show", help="the datasets, purposes and fields granted to you")
     federation_options(show)
+    json_option(show)
     show.set_defaults(func=run_show)
 
     request = actions.add_parser("request", help="ask the node for a dataset, purpose or fields")
@@ -60,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def federation_options(parser: argparse.ArgumentParser, *, node_required: bool = True) -> None:
     parser.add_argument("--federation", type=Path, required=True, help="federation.toml")
     parser.add_argument("--node", required=node_required, help="the node to ask")
+
+
+def json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
+def print_json(document: object) -> None:
+    print(json.dumps(document, indent=1, ensure_ascii=False))
 
 
 def count(text: str) -> int:
@@ -115,6 +127,11 @@ def describe_request(request: psi_pb2.AccessRequestStatus, client: str | None = 
 def run_show(args: argparse.Namespace) -> int:
     with Client(load_federation(args.federation)) as client:
         catalogue = client.catalogue(args.node)
+    if args.json:
+        document = MessageToDict(catalogue, preserving_proto_field_name=True)
+        document["audit_public_key"] = catalogue.audit_public_key.decode("ascii")
+        print_json(document)
+        return 0
     print(
         f"node {catalogue.node_id}: catalogue version {catalogue.catalogue_version}, protocol "
         f"versions {', '.join(map(str, catalogue.protocol_versions))}"

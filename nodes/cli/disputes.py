@@ -16,8 +16,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
-from nodes.cli.catalog import count, federation_options, reports_node_failure
+from nodes.cli.catalog import (
+    count,
+    federation_options,
+    json_option,
+    print_json,
+    reports_node_failure,
+)
 from nodes.cli.query import EXIT_NODE_FAILED
 from nodes.client.accountability import (
     PROOF_SHOWN,
@@ -28,7 +35,7 @@ from nodes.client.accountability import (
 )
 from nodes.client.client import Client, NodeError
 from nodes.department.registry import when
-from nodes.shared.accountability import dispute_status, parse_handle
+from nodes.shared.accountability import dispute_status, parse_record
 from nodes.shared.config import load_federation
 from protocols.kinlink.v1 import psi_pb2
 
@@ -38,15 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     raise_ = actions.add_parser("raise", help="report a record you doubt, by its handle")
-    federation_options(raise_)
-    raise_.add_argument("--dataset", required=True)
-    raise_.add_argument("--handle", required=True, help="the match's record_handle (hex)")
+    federation_options(raise_, node_required=False)
+    raise_.add_argument("--dataset", help="the dataset (taken from an evidence value if given)")
+    raise_.add_argument(
+        "--handle",
+        required=True,
+        help="the match's record_handle (hex), or an evidence value of the screening's results "
+        "as it stands (node/dataset@vN#handle), which names the node and dataset too",
+    )
     raise_.add_argument("--reason", required=True, help="what is doubtful or wrong")
     raise_.add_argument("--evidence", required=True, help="where your evidence is (case file)")
     raise_.set_defaults(func=run_raise)
 
     listing = actions.add_parser("list", help="your disputes and the nodes' resolutions")
     federation_options(listing, node_required=False)
+    json_option(listing)
     listing.set_defaults(func=run_list)
 
     proof = actions.add_parser(
@@ -87,17 +100,18 @@ def _case_line(case: Case, federation: str) -> str:
 @reports_node_failure
 def run_raise(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
+    node, dataset, handle = parse_record(args.handle, args.node, args.dataset)
     with Client(federation) as client:
         accountability = AccountabilityClient(client)
         dispute = accountability.raise_dispute(
-            args.node,
-            args.dataset,
-            parse_handle(args.handle),
+            node,
+            dataset,
+            handle,
             reason=args.reason,
             evidence_ref=args.evidence,
         )
-        case = accountability.cases.case(args.node, dispute.dispute_id)
-    print(describe_dispute(dispute, args.node))
+        case = accountability.cases.case(node, dispute.dispute_id)
+    print(describe_dispute(dispute, node))
     print(_case_line(case, args.federation))
     return 0
 
@@ -106,6 +120,7 @@ def run_list(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
     nodes = [federation.node(args.node).id] if args.node else list(federation.nodes)
     failed = False
+    listed: list[dict] = []
     with Client(federation) as client:
         accountability = AccountabilityClient(client)
         for node in nodes:
@@ -116,12 +131,30 @@ def run_list(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             cases = {c.dispute_id: c for c in accountability.cases.cases(node)}
+            if args.json:
+                listed += [_case_json(cases[d.dispute_id]) for d in disputes]
+                continue
             for dispute in disputes:
                 print(describe_dispute(dispute, node))
                 print(_case_line(cases[dispute.dispute_id], args.federation))
             if not disputes:
                 print(f"no disputes at node {node}")
+    if args.json:
+        print_json(listed)
     return EXIT_NODE_FAILED if failed else 0
+
+
+def _case_json(case: Case) -> dict:
+    """A dispute as ``list --json`` prints it: civil affairs' record, times in UTC ISO form."""
+    return {
+        **asdict(case),
+        "handle": case.handle.hex(),
+        "state": case.state,
+        **{
+            k: None if getattr(case, k) is None else when(getattr(case, k))
+            for k in ("raised_at", "resolved_at", "proof_at")
+        },
+    }
 
 
 def run_proof(args: argparse.Namespace) -> int:

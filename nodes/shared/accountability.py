@@ -63,6 +63,35 @@ def check_fields(fields: Iterable[str]) -> frozenset[str]:
     return asked
 
 
+def record_reference(node: str, dataset: str, table_version: int, handle: bytes | None) -> str:
+    """``node/dataset@vN#handle``: a matched record as the screening's evidence names it, enough
+    for the department to find it and for ``psi disputes raise --handle`` to dispute it."""
+    return f"{node}/{dataset}@v{table_version}#{handle.hex() if handle else 'no-handle'}"
+
+
+_REFERENCE = re.compile(r"(?P<node>[^/\s]+)/(?P<dataset>[^@\s]+)@v\d+#(?P<handle>\S+)")
+
+
+def parse_record(text: str, node: str | None, dataset: str | None) -> tuple[str, str, bytes]:
+    """(node, dataset, handle) of a record to dispute: a ``record_reference`` as it stands, or
+    a bare handle with the node and dataset given apart (which must agree with a reference)."""
+    found = _REFERENCE.fullmatch(text.strip())
+    if found:
+        for given, named, what in (
+            (node, found["node"], "node"),
+            (dataset, found["dataset"], "dataset"),
+        ):
+            if given and given != named:
+                raise InputError(f"--{what} {given!r} differs from the evidence's {named!r}")
+        node, dataset, text = found["node"], found["dataset"], found["handle"]
+    if not (node and dataset):
+        raise InputError(
+            "name the record by its evidence value (node/dataset@vN#handle), or give --node "
+            "and --dataset with its record_handle"
+        )
+    return node, dataset, parse_handle(text)
+
+
 def parse_handle(text: str) -> bytes:
     """A record handle as printed in matches (``record_handle``): hexadecimal."""
     try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from nodes.client.roster import Unknown
 from nodes.client.screening.rules import Rules
+from nodes.shared.accountability import record_reference
 from psi.dates import add_months
 from psi.labels import Record
 
@@ -43,9 +44,9 @@ class Match(NamedTuple):
 
     @property
     def evidence(self) -> str:
-        """``node/dataset@vN#handle``: enough for the department to find the record."""
-        handle = self.record.handle.hex() if self.record.handle else "no-handle"
-        return f"{self.node}/{self.dataset}@v{self.table_version}#{handle}"
+        """``node/dataset@vN#handle`` (``record_reference``): enough for the department to find
+        the record, and what ``psi disputes raise --handle`` takes as it stands."""
+        return record_reference(self.node, self.dataset, self.table_version, self.record.handle)
 
 
 class Judged(NamedTuple):
