@@ -18,7 +18,6 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum
@@ -28,6 +27,7 @@ from operator import itemgetter
 import numpy as np
 
 from psi.errors import InputError, Source
+from psi.tabular import open_rows
 
 # ISO 7064 MOD 11-2: weight of position i (0-based, of 17) is 2**(17 - i) mod 11; the check
 # character is indexed by the weighted digit sum mod 11.
@@ -479,14 +479,21 @@ def _read_columns(
     return columns, plain
 
 
-def read_ids(path: str | os.PathLike[str], column: str, *, today: date | None = None) -> IdColumn:
-    """Read and normalise one column of a UTF-8 CSV file (with or without BOM) with a header row.
+def read_ids(
+    path: str | os.PathLike[str],
+    column: str,
+    *,
+    today: date | None = None,
+    encoding: str | None = None,
+) -> IdColumn:
+    """Read and normalise one column of a file with a header row: CSV in ``encoding`` (UTF-8,
+    with or without BOM, by default; GB18030 or GBK) or a workbook (``psi.tabular``).
 
     Every data row is kept with its line number; blank cells are counted apart; every other bad cell
     becomes a ``Reject``. Rows stream through ``normalise_many`` in chunks. A file that cannot be
-    read, is not UTF-8 or lacks the column is an ``InputError`` naming the file.
+    read, is not in the encoding or lacks the column is an ``InputError`` naming the file.
     """
-    return read_columns(path, [column], today=today)[0][column]
+    return read_columns(path, [column], today=today, encoding=encoding)[0][column]
 
 
 def read_columns(
@@ -495,33 +502,13 @@ def read_columns(
     cells: Sequence[str] = (),
     *,
     today: date | None = None,
+    encoding: str | None = None,
 ) -> tuple[dict[str, IdColumn], dict[str, list[str | None]]]:
     """``read_ids`` of several identifier columns, and the raw cells of others (one per data row,
     aligned with ``IdColumn.lines``; None where a row has no cell in the column), in one pass over
     the file: a million-row roster is parsed once, not once a column."""
-    with _csv(path) as (reader, file):
-        return _read_columns(reader, file, ids, cells, today or date.today())
-
-
-@contextmanager
-def _csv(path: str | os.PathLike[str]) -> Iterator[tuple[Iterator[list[str]], str]]:
-    """A CSV reader over a UTF-8 file (with or without BOM), and the file's name; reading
-    problems become ``InputError`` naming the file (and line)."""
-    file = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            yield reader, file
-    except OSError as exc:
-        raise InputError(f"cannot read the file: {exc.strerror}", Source(file)) from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"not UTF-8 text near line {reader.line_num + 1}; re-encode the file as UTF-8 "
-            "(files saved by Chinese-language Windows are often GBK)",
-            Source(file),
-        ) from exc
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV: {exc}", Source(file, reader.line_num)) from exc
+    with open_rows(path, encoding) as reader:
+        return _read_columns(reader, os.fspath(path), ids, cells, today or date.today())
 
 
 def write_rejects(path: str | os.PathLike[str], rejects: Iterable[Reject]) -> None:

@@ -39,6 +39,8 @@ def test_demo_on_user_data_screens_the_roster(tmp_path):
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "child_id",
+        "child_name",
+        "region_code",
         "classification",
         "father_status",
         "mother_status",

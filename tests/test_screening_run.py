@@ -297,6 +297,9 @@ def namespace(federation: Path, roster: Path, out: Path, **extra) -> argparse.Na
         rules=None,
         history=out.parent / f"{out.name}-history",
         retain_ineligible=False,
+        encoding=None,
+        lang="en",
+        xlsx=False,
     )
     return argparse.Namespace(**(values | extra))
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nodes.cli.inputs import read_id_file
+from nodes.cli.inputs import encoding_option, read_id_file
 from nodes.cli.output import STDOUT, status_stream, writing
 from nodes.client import matches
 from nodes.client.client import Client, DatasetNotOffered, NodeError
@@ -40,12 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rejects", type=Path, help="invalid identifiers, masked (default: beside --out)"
     )
+    encoding_option(parser, "--ids")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
-    column, _ = read_id_file(args.ids, args.column, args.out, args.rejects)
+    column, _ = read_id_file(args.ids, args.column, args.out, args.rejects, encoding=args.encoding)
     ids = Canonical(sorted({x.decode() for x in column.ids[column.valid].tolist()}))
     if not ids:
         raise InputError(

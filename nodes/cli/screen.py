@@ -11,9 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nodes.cli.inputs import parse_date
-from nodes.client.screening.classify import CLASSES
-from nodes.client.screening.report import MINIMISATION, REJECTS_CSV
+from nodes.cli.inputs import encoding_option, lang_option, parse_date
+from nodes.client.screening.report import MINIMISATION, REJECTS_CSV, ROW_ORDER, Labels
 from nodes.client.screening.result import ScreeningResult
 from nodes.client.screening.rules import load_rules
 from nodes.client.screening.run import NodesFailed, screen
@@ -32,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--roster",
         type=Path,
         required=True,
-        help="CSV: child_id,child_name,father_id,mother_id,region_code",
+        help="CSV or .xlsx: child_id,child_name,father_id,mother_id,region_code",
     )
     parser.add_argument("--as-of", required=True, help="reference date, YYYY-MM-DD")
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
@@ -43,43 +42,71 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write the parents' statuses of not_eligible children (default: counts only)",
     )
+    encoding_option(parser, "--roster")
+    lang_option(parser)
+    parser.add_argument("--xlsx", action="store_true", help="also write results.xlsx")
     parser.set_defaults(func=run)
 
 
-def summary(result: ScreeningResult) -> str:
-    """What a run found, asked and wrote, for the terminal."""
+def summary(result: ScreeningResult, lang: str | None = None) -> str:
+    """What a run found, asked and wrote, for the terminal, in the officer's language."""
+    labels = Labels(lang)
+    t = labels
     counts = result.counts()
     lines = [
-        f"screening as of {result.as_of}: {len(result.children)} children, "
-        f"{len(result.rejects)} rejected cells listed in {result.out_dir / REJECTS_CSV}",
-        "  " + ", ".join(f"{c} {counts[c]}" for c in CLASSES),
-        "datasets asked (evaluated now / from the client's cache):",
-    ]
+        t("screening as of {as_of}: {children} children, {rejects} rejected cells listed in "
+          "{file}").format(
+            as_of=result.as_of, children=len(result.children), rejects=len(result.rejects),
+            file=result.out_dir / REJECTS_CSV,
+        ),
+        "  " + ", ".join(f"{labels.word(c)} {counts[c]}" for c in ROW_ORDER),
+        t("datasets asked (evaluated now / from the client's cache):"),
+    ]  # fmt: skip
     lines += [
-        f"  {n.node}/{n.dataset} epoch {n.epoch} table v{n.table_version}: {n.queried} asked, "
-        f"{n.evaluated} evaluated, {n.cached} from cache, {n.matched} matched, {n.seconds:.2f} s"
+        "  "
+        + t(
+            "{node}/{dataset} epoch {epoch} table v{version}: {queried} asked, {evaluated} "
+            "evaluated, {cached} from cache, {matched} matched, {seconds:.2f} s"
+        ).format(
+            node=n.node, dataset=n.dataset, epoch=n.epoch, version=n.table_version,
+            queried=n.queried, evaluated=n.evaluated, cached=n.cached, matched=n.matched,
+            seconds=n.seconds,
+        )
         for n in result.nodes
-    ]
+    ]  # fmt: skip
     if result.uncovered:
-        lines.append(f"warning: no node serves {', '.join(result.uncovered)}")
-    lines.append(f"data minimisation: {MINIMISATION[result.retain_ineligible]}")
+        lines.append(
+            t("warning: no node serves {statuses}").format(
+                statuses=", ".join(map(labels.word, result.uncovered))
+            )
+        )
+    what = t(MINIMISATION[result.retain_ineligible])
+    lines.append(t("data minimisation: {what}").format(what=what))
     changes = result.changes
     if changes.previous:
         why = ", ".join(f"{code} {n}" for code, n in sorted(changes.ended_why().items()))
         lines.append(
-            f"since the run of {changes.previous['run_at']} as of {changes.previous['as_of']}: "
-            f"{len(changes.new)} new candidates, {len(changes.ended)} ended"
-            + (f" ({why})" if why else "")
-            + f", {len(changes.changed)} changed"
-        )
+            t("since the run of {run_at} as of {as_of}: {new} new candidates, {ended} ended"
+              "{why}, {changed} changed").format(
+                run_at=changes.previous["run_at"], as_of=changes.previous["as_of"],
+                new=len(changes.new), ended=len(changes.ended), why=f" ({why})" if why else "",
+                changed=len(changes.changed),
+            )
+        )  # fmt: skip
         lines.append(
-            f"classes reused from that run (inputs unchanged): {result.reused} of "
-            f"{len(result.children)} children; labels opened for the others' parents only"
-        )
+            t("classes reused from that run (inputs unchanged): {reused} of {children} "
+              "children; labels opened for the others' parents only").format(
+                reused=result.reused, children=len(result.children)
+            )
+        )  # fmt: skip
     else:
-        lines.append("no earlier run in the history to compare with")
-    lines.append(f"results in {result.out_dir}; run kept as {result.history_file}")
-    lines.append(f"screened in {result.seconds:.1f} s")
+        lines.append(t("no earlier run in the history to compare with"))
+    lines.append(
+        t("results in {out}; run kept as {history}").format(
+            out=result.out_dir, history=result.history_file
+        )
+    )
+    lines.append(t("screened in {seconds:.1f} s").format(seconds=result.seconds))
     return "\n".join(lines)
 
 
@@ -95,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
             rules=rules,
             retain_ineligible=args.retain_ineligible,
             history_dir=args.history,
+            encoding=args.encoding,
+            lang=args.lang,
+            xlsx=args.xlsx,
         )
     except NodesFailed as exc:
         print(f"psi screen: node failure: {exc}", file=sys.stderr)
         return EXIT_NODE_FAILED
-    print(summary(result))
+    print(summary(result, args.lang))
     return 0

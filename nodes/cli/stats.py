@@ -22,7 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
-from nodes.cli.inputs import read_id_file
+from nodes.cli.inputs import encoding_option, read_id_file
 from nodes.cli.output import STDOUT, status_stream, writing
 from nodes.cli.query import EXIT_NO_MATCHES, EXIT_NODE_FAILED
 from nodes.client.client import Client, DatasetNotOffered, NodeError
@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rejects", type=Path, help="invalid identifiers, masked (default: beside --out)"
     )
+    encoding_option(parser, "--ids")
     parser.set_defaults(func=run)
 
 
@@ -67,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     federation = load_federation(args.federation)
     wanted = [c for c in (args.values, args.group_by) if c]
     out = args.out or args.json
-    column, cells = read_id_file(args.ids, args.column, out, args.rejects, wanted)
+    column, cells = read_id_file(
+        args.ids, args.column, out, args.rejects, wanted, encoding=args.encoding
+    )
     rows = np.flatnonzero(column.valid)
     if not len(rows):
         raise InputError(

@@ -20,7 +20,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -143,7 +143,8 @@ class QueryResult:
     # left unfinished was resumed and a new one took the rest.
     receipts: tuple[psi_pb2.SessionReceipt, ...] = ()
     bytes_received: int = 0  # payloads only: evaluated elements and the table or delta
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # phases, some overlapping others
+    seconds: float = 0.0  # from the query's start to this answer: never more than the query's
 
     @property
     def queried(self) -> int:
@@ -196,6 +197,7 @@ class _Plan:
     derived: np.ndarray  # (n, DERIVED_BYTES): cached rows filled, fresh rows filled by _evaluate
     fresh: np.ndarray  # indices of identifiers to evaluate at the node, ascending
     timings: dict[str, float]
+    seconds: float = 0.0  # from the query's start to the node's answer
 
 
 class _Answer(NamedTuple):
@@ -280,6 +282,7 @@ class Client:
         self._node_keys: dict[str, bytes] = {}
         self._caches: dict[tuple[str, str, int, str], OutputCache] = {}
         self._lock = threading.Lock()  # over _channels and _caches
+        self._pin_lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:  # warm()'s thread may be opening a channel right now
@@ -405,11 +408,17 @@ class Client:
         return catalogue
 
     def _pin(self, node: str, key: bytes) -> None:
+        """Under a lock, and written whole (a temporary file renamed): catalogues fetched at once
+        (``warm`` beside a screening's plan) must not read a half-written pin as another key."""
         path = self.config.cache / "node-keys" / f"{node}.pem"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(key)
-        elif path.read_bytes() != key:
+        with self._pin_lock:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.partial")
+                partial.write_bytes(key)
+                os.replace(partial, path)
+            pinned = path.read_bytes()
+        if pinned != key:
             raise NodeError(
                 node,
                 None,
@@ -485,6 +494,7 @@ class Client:
         purpose: str,
         legal_basis_ref: str = "",
         progress: Progress | None = None,
+        progress_by: Mapping[tuple[str, str], Progress] | None = None,
     ) -> dict[tuple[str, str], QueryResult | NodeError]:
         """The same identifiers against several (node, dataset) pairs at once. Identifiers are
         blinded once and the same blinded elements go to every node that needs them, or blinded
@@ -493,8 +503,11 @@ class Client:
         evaluation and finalizing overlap block by block. A failed node's entry is its
         ``NodeError``, so the others' results are not lost. ``ids`` as ``query`` takes them;
         ``progress`` advances once per identifier and dataset answered (from the cache or the
-        node), so its total is ``len(ids) * len(requests)``."""
+        node), so its total is ``len(ids) * len(requests)``; ``progress_by`` gives a request
+        its own (a bar per node), of total ``len(ids)``."""
+        started = time.perf_counter()
         ids = canonical(ids)
+        bars = progress_by or {}
         keys = self.identifier_keys(ids)
         by_first = np.argsort(keys[:, 0])  # sorted once for every node's cache lookup
 
@@ -508,16 +521,26 @@ class Client:
             plans = dict(zip(requests, pool.map(plan, requests), strict=True))
         ready = [p for p in plans.values() if isinstance(p, _Plan)]
         blinders = self._blinders(ready, ids)
-        if progress:  # answered from the cache already
-            progress(sum(len(ids) - len(p.fresh) for p in ready))
+        for p in ready:  # answered from the cache already
+            if bar := bars.get((p.node, p.dataset), progress):
+                bar(len(ids) - len(p.fresh))
 
         def answer(plan: _Plan, blinder: _Blinder, rows: np.ndarray) -> _Answer | NodeError:
             try:
                 return self._answer(
-                    plan, ids, keys, blinder, rows, purpose, legal_basis_ref, progress
+                    plan,
+                    ids,
+                    keys,
+                    blinder,
+                    rows,
+                    purpose,
+                    legal_basis_ref,
+                    bars.get((plan.node, plan.dataset), progress),
                 )
             except NodeError as exc:
                 return exc
+            finally:
+                plan.seconds = time.perf_counter() - started
 
         distinct = list({id(b): b for b, _ in blinders}.values())
         with ThreadPoolExecutor(max_workers=max(1, len(ready) + len(distinct))) as pool:
@@ -666,6 +689,7 @@ class Client:
             answer.receipts,
             answer.received + len(plan.fresh) * self.oprf.suite.element_size,
             plan.timings,
+            plan.seconds,
         )
 
     def _evaluate(

@@ -1,6 +1,7 @@
 """Civil affairs' roster (from the household-registration base): children, their parents'
 identifiers, and every bad cell, masked. Columns: ``child_id,child_name,father_id,mother_id,
-region_code``; the child's name is never read.
+region_code``; the child's name and region go to the officer's results (they are civil affairs'
+own), never to a node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from psi.ids import Canonical, IdColumn, Reject, id_numbers, mask, read_columns
 CHILD_COLUMN = "child_id"
 PARENT_COLUMNS = ("father_id", "mother_id")
 REGION_COLUMN = "region_code"
+NAME_COLUMN = "child_name"
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,14 @@ class Unknown:
 
 
 class RosterChild(NamedTuple):
-    """A roster row with a valid child identifier: what the run needs of it, nothing more (the
-    child's name is never read). A tuple: a province's million are made in a fraction of the
-    time frozen dataclasses take."""
+    """A roster row with a valid child identifier: what the run needs of it, nothing more. A
+    tuple: a province's million are made in a fraction of the time frozen dataclasses take."""
 
     child_id: str  # canonical
     region_code: str
     father: str | Unknown  # canonical identifier, or why there is none
     mother: str | Unknown
+    name: str  # for the officer's results only
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,21 @@ class Roster:
     mothers: np.ndarray
 
 
-def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
+def read_roster(path: str | os.PathLike[str], as_of: date, encoding: str | None = None) -> Roster:
     """Children with canonical identifiers and their parents' identifiers or why they are
     unusable. Invalid, blank or repeated child identifiers and invalid parent identifiers are
-    rejects; identifiers are checked as of ``as_of`` (a child born later is not yet one)."""
+    rejects; identifiers are checked as of ``as_of`` (a child born later is not yet one). The
+    file is CSV in ``encoding`` (``psi.tabular``), or a workbook."""
     path = Path(path)
     columns, plain = read_columns(
-        path, (CHILD_COLUMN, *PARENT_COLUMNS), (REGION_COLUMN,), today=as_of
+        path,
+        (CHILD_COLUMN, *PARENT_COLUMNS),
+        (REGION_COLUMN, NAME_COLUMN),
+        today=as_of,
+        encoding=encoding,
     )
     regions = [(cell or "").strip() for cell in plain[REGION_COLUMN]]
+    names = plain[NAME_COLUMN]
     rejects = [r for column in columns.values() for r in column.rejects]
     kids, fathers, mothers = (columns[c] for c in (CHILD_COLUMN, *PARENT_COLUMNS))
     lines = kids.lines
@@ -106,6 +114,7 @@ def read_roster(path: str | os.PathLike[str], as_of: date) -> Roster:
             [regions[row] for row in rows.tolist()],
             parents(fathers),
             parents(mothers),
+            [(names[row] or "").strip() for row in rows.tolist()],
         )
     )
     order = (CHILD_COLUMN, *PARENT_COLUMNS)

@@ -8,7 +8,6 @@ People with several records (two statuses, two terms) are grouped into one entry
 
 from __future__ import annotations
 
-import csv
 import os
 import sqlite3
 from collections import Counter
@@ -22,6 +21,7 @@ from psi.errors import InputError, KinlinkError, Source
 from psi.ids import Reject, mask, normalise_many
 from psi.labels import REGISTER_COLUMNS as CANONICAL
 from psi.labels import Record
+from psi.tabular import open_rows
 
 REQUIRED = ("id_number", "status", "record_ref")
 _CHUNK = 65_536
@@ -165,30 +165,25 @@ def _mapped(header: list[str], columns: Mapping[str, str], source: str) -> dict[
     return positions
 
 
-def csv_rows(path: str | os.PathLike[str], columns: Mapping[str, str]) -> Iterator[Row]:
-    """Rows of a UTF-8 CSV register with their 1-based line numbers."""
+def csv_rows(
+    path: str | os.PathLike[str], columns: Mapping[str, str], encoding: str | None = None
+) -> Iterator[Row]:
+    """Rows of a CSV register (UTF-8 by default, or GB18030/GBK) or of a workbook's first sheet
+    (``psi.tabular``), with their 1-based line numbers."""
     source = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise InputError("the file is empty (no header row)", Source(source))
-            positions = _mapped([h.strip() for h in header], columns, source)
+    with open_rows(path, encoding) as reader:
+        header = next(reader, None)
+        if header is None:
+            raise InputError("the file is empty (no header row)", Source(source))
+        positions = _mapped([h.strip() for h in header], columns, source)
+        line = reader.line_num + 1
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield (
+                    line,
+                    {c: row[i].strip() if i < len(row) else "" for c, i in positions.items()},
+                )
             line = reader.line_num + 1
-            for row in reader:
-                if any(cell.strip() for cell in row):
-                    yield (
-                        line,
-                        {c: row[i].strip() if i < len(row) else "" for c, i in positions.items()},
-                    )
-                line = reader.line_num + 1
-    except OSError as exc:
-        raise InputError(f"cannot read the file: {exc.strerror}", Source(source)) from exc
-    except UnicodeDecodeError as exc:
-        raise InputError("not UTF-8 text; re-encode the file as UTF-8", Source(source)) from exc
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV: {exc}", Source(source)) from exc
 
 
 def sql_rows(url: str, query: str, columns: Mapping[str, str]) -> Iterator[Row]:

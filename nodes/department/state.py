@@ -236,7 +236,8 @@ class NodeState:
     def read_register(self, dataset: DatasetConfig) -> Register:
         """The dataset's register; rows of statuses it does not declare are rejects."""
         if dataset.csv is not None:
-            rows, source = csv_rows(dataset.csv, dataset.columns), str(dataset.csv)
+            rows = csv_rows(dataset.csv, dataset.columns, dataset.encoding)
+            source = str(dataset.csv)
         else:
             assert dataset.url is not None and dataset.query is not None
             rows = sql_rows(dataset.url, dataset.query, dataset.columns)

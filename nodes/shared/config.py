@@ -21,6 +21,7 @@ from psi.errors import InputError, Source
 from psi.labels import FIELDS, REGISTER_COLUMNS, STATUS_CODES
 from psi.paillier import MIN_GENERATE_BITS, MIN_KEY_BITS
 from psi.stats import PROTOCOLS
+from psi.tabular import DEFAULT_ENCODING, encoding_name
 
 WINDOWS = ("session", "day", "epoch")
 UNLIMITED = "unlimited"  # how node.toml lifts a budget: written out, never by leaving a key out
@@ -65,6 +66,7 @@ class DatasetConfig:
     title: str
     statuses: tuple[str, ...]
     csv: Path | None = None
+    encoding: str | None = None  # of the csv file: utf-8 (default), gb18030 or gbk
     url: str | None = None
     query: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
@@ -217,6 +219,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "[datasets.ID]": (
         "title",
         "csv",
+        "encoding",
         "url",
         "query",
         "columns",
@@ -269,6 +272,7 @@ def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
         title=reader.get("title", str, dataset_id),
         statuses=statuses,
         csv=reader.file("csv") if has_csv else None,
+        encoding=_encoding(reader) if has_csv else None,
         url=reader.get("url", str) if has_sql else None,
         query=reader.get("query", str) if has_sql else None,
         columns=dict(columns.data),
@@ -277,6 +281,16 @@ def _dataset(reader: TomlReader, dataset_id: str) -> DatasetConfig:
         responsible_unit=reader.get("responsible_unit", str, ""),
         statistics=_statistics(reader.table("statistics", {})),
     )
+
+
+def _encoding(reader: TomlReader) -> str | None:
+    """The register file's ``encoding``, checked now rather than at the first build."""
+    encoding = reader.get("encoding", str, DEFAULT_ENCODING)
+    try:
+        encoding_name(encoding)
+    except InputError as exc:
+        raise reader.fail("encoding", str(exc)) from None
+    return encoding
 
 
 _STATISTICS_FLOORS = {"min_elements": 1, "max_groups": 1, "min_key_bits": MIN_GENERATE_BITS}

@@ -67,10 +67,12 @@ class Changes:
 
 
 class Screened(NamedTuple):
-    """A classified child with the roster's region code, for the counts by region."""
+    """A classified child with the roster's region code (for the counts by region) and name
+    (for the officer's results)."""
 
     region_code: str
     verdict: Classification
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -105,9 +105,9 @@ def _grades(reader: TomlReader) -> dict[int, frozenset[str] | None]:
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
     """Read and check a rules file; the packaged ``rules.toml`` (POLICY.md) by default."""
-    if path is None:
+    if path is None:  # named as such: its installed path means nothing to an officer
         with resources.as_file(resources.files(__package__) / DEFAULT_RULES) as packaged:
-            return load_rules(packaged)
+            return replace(load_rules(packaged), source=f"the packaged {DEFAULT_RULES}")
     root = load_toml(path)
     root.only(_TOP_KEYS)
     adult_age = root.get("adult_age", int)

@@ -53,6 +53,7 @@ from nodes.client.screening.result import (
 )
 from nodes.client.screening.rules import Rules, load_rules
 from nodes.shared.config import load_federation
+from nodes.shared.progress import progress_bars
 from protocols.kinlink.v1 import psi_pb2
 from psi.dates import add_months
 from psi.errors import InputError, KinlinkError, Source
@@ -120,13 +121,17 @@ def _plan(client: Client, rules: Rules) -> list[tuple[str, str, tuple[str, ...]]
 def _ask(
     client: Client, plan: Sequence[tuple[str, str, tuple[str, ...]]], ids: list[str], as_of: date
 ) -> list[QueryResult]:
-    """Every planned dataset about ``ids`` at once (labels not opened yet)."""
-    answers = client.query_many(
-        [(node, dataset) for node, dataset, _ in plan],
-        ids,
-        purpose=PURPOSE,
-        legal_basis_ref=f"screening as of {as_of}",
-    )
+    """Every planned dataset about ``ids`` at once (labels not opened yet), with a progress bar
+    per dataset on a terminal."""
+    requests = [(node, dataset) for node, dataset, _ in plan]
+    with progress_bars([f"{n}/{d}" for n, d in requests], len(ids)) as bars:
+        answers = client.query_many(
+            requests,
+            ids,
+            purpose=PURPOSE,
+            legal_basis_ref=f"screening as of {as_of}",
+            progress_by=dict(zip(requests, bars, strict=True)),
+        )
     failed = [str(a) for a in answers.values() if isinstance(a, NodeError)]
     if failed:
         raise NodesFailed(failed)
@@ -162,7 +167,7 @@ def _node_runs(
             result.queried,
             result.evaluated,
             int(np.count_nonzero(result.fingerprints)),
-            sum(result.timings.values()),
+            result.seconds + result.timings.get("match", 0.0),
         )
         for (node, dataset, held), result in zip(plan, results, strict=True)
     ]
@@ -294,14 +299,29 @@ def screen(
     rules: Rules | None = None,
     retain_ineligible: bool = False,
     history_dir: str | os.PathLike[str] | None = None,
+    encoding: str | None = None,
+    lang: str | None = None,
+    xlsx: bool = False,
 ) -> ScreeningResult:
-    """Screen the roster as of ``as_of``; write results.csv, results.json, report.html and
-    rejects.csv in ``out_dir`` and keep results.json in the history folder (default
-    ``out_dir/../history``). Raises ``NodesFailed`` (nothing written) when a node fails."""
+    """Screen the roster (CSV in ``encoding``, or a workbook) as of ``as_of``; write
+    results.csv, results.json, report.html and rejects.csv (and results.xlsx with ``xlsx``) in
+    ``out_dir``, in ``lang`` (``nodes.shared.i18n``), and keep results.json in the history
+    folder (default ``out_dir/../history``). Raises ``NodesFailed`` (nothing written) when a
+    node fails."""
+    outputs = _Outputs(encoding, lang, xlsx)
     with _no_cycle_collection():
         return _screen(
-            federation_file, roster_path, as_of, out_dir, rules, retain_ineligible, history_dir
-        )
+            federation_file, roster_path, as_of, out_dir, rules, retain_ineligible, history_dir,
+            outputs,
+        )  # fmt: skip
+
+
+class _Outputs(NamedTuple):
+    """How the run reads the roster and writes its outputs."""
+
+    encoding: str | None
+    lang: str | None
+    xlsx: bool
 
 
 def _screen(
@@ -312,6 +332,7 @@ def _screen(
     rules: Rules | None,
     retain_ineligible: bool,
     history_dir: str | os.PathLike[str] | None,
+    outputs: _Outputs,
 ) -> ScreeningResult:
     started = time.perf_counter()
     run_at = datetime.now(UTC)
@@ -322,7 +343,7 @@ def _screen(
     previous = _previous(history, name)  # a bad history file fails before any query
     with Client(load_federation(federation_file)) as client:
         client.warm()  # its caches are read while the roster is
-        roster = read_roster(roster_path, as_of)
+        roster = read_roster(roster_path, as_of, outputs.encoding)
         ages = ages_of(roster.child_ids, as_of)
         minors = _minors(roster, ages, rules.adult_age)
         plan = _plan(client, rules)
@@ -339,7 +360,8 @@ def _screen(
     held = {s for _, _, statuses in plan for s in statuses}
     verdicts = _verdicts(roster, ages, reuse, found, as_of, rules)
     regions = map(attrgetter("region_code"), roster.children)
-    children = tuple(map(Screened, regions, verdicts))
+    names = map(attrgetter("name"), roster.children)
+    children = tuple(map(Screened, regions, verdicts, names))
     result = ScreeningResult(
         as_of=as_of,
         run_at=run_at,
@@ -356,7 +378,7 @@ def _screen(
         seconds=time.perf_counter() - started,
         reused=int(np.count_nonzero(reuse.where >= 0)),
     )
-    kept = write_outputs(result)
+    kept = write_outputs(result, lang=outputs.lang, xlsx=outputs.xlsx)
     try:
         history.mkdir(parents=True, exist_ok=True)
         kept.write(result.history_file)
