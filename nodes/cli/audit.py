@@ -132,7 +132,7 @@ def run_report(args: argparse.Namespace) -> int:
     for path, render in ((args.json, to_json), (args.csv, to_csv), (args.html, to_html)):
         if path is not None:
             _write(path, render(report))
-    return 0
+    return EXIT_FOUND if report.verification and not report.verification.ok else 0
 
 
 def run_cross_check(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.shared.audit.log import LogContents, VerifyReport, read_log
+from nodes.shared.page import PAGE_STYLE, text_width
 from psi.errors import InputError
 
 DEFAULT_UTC_OFFSET = "+08:00"
@@ -164,6 +165,7 @@ class Report:
     actions: list[Action] = field(default_factory=list)
     budget: list[BudgetUse] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+    verification: VerifyReport | None = None  # with the owner's key (``psi audit report --key``)
 
     @property
     def verdict(self) -> str:
@@ -439,15 +441,17 @@ def _bar_chart(title: str, days: list[date], series: Mapping[str, Mapping[date, 
     if not days:
         return f"<p>{esc(title)}: no sessions.</p>"
     left, top, plot_h, bar = 70, 30, 200, max(6, min(40, 720 // len(days)))
-    width = left + bar * len(days) + 20
+    legend = max((text_width(name) for name in series), default=0) + 18
+    # As wide as the bars, the title and the legend need: a short log's chart is not cut.
+    width = max(left + bar * len(days) + 20, left + text_width(title, 13) + 10, left + legend + 10)
     legend_y = top + plot_h + 50
     height = legend_y + 20 * len(series) + 10
     peak = max(sum(s.get(d, 0) for s in series.values()) for d in days) or 1
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="{esc(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
+        f'viewBox="0 0 {width:.0f} {height}" role="img" aria-label="{esc(title)}">',
         f'<text x="{left}" y="18" class="title">{esc(title)}</text>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10:.0f}" y2="{top + plot_h}" '
         'stroke="#444"/>',
     ]
     for value in (0, peak // 2, peak):
@@ -489,25 +493,24 @@ def _series(sessions: Iterable[Session], key: str) -> dict[str, dict[date, int]]
     return dict(sorted(series.items()))
 
 
-def _table(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
+def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], kind: str = "") -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cls = f' class="{kind}"' if kind else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
-td:nth-child(n+4) { font-variant-numeric: tabular-nums; }
-svg text { font: 11px system-ui, sans-serif; fill: #222; }
-svg text.title { font-size: 13px; font-weight: 600; }
-.anomaly { color: #a00; }
-.verified { color: #060; }
-"""
+# The sessions table has fourteen columns: smaller type, and ids and fingerprints wrap.
+_STYLE = (
+    PAGE_STYLE
+    + """
+table.sessions{font-size:11px;table-layout:fixed}
+table.sessions td{font-variant-numeric:tabular-nums}
+svg text.title{font-size:13px;font-weight:600}.anomaly{color:#a00}.verified{color:#060}"""
+)
 
 
 def to_html(report: Report) -> str:
@@ -577,10 +580,12 @@ def to_html(report: Report) -> str:
         _table(
             CSV_COLUMNS,
             (("" if v is None else v for v in _session_row(s).values()) for s in report.sessions),
+            "sessions",
         ),
     ]
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Audit report: {esc(report.owner)}</title><style>{_STYLE}</style></head>"
         "<body>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
