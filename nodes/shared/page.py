@@ -7,17 +7,18 @@ from __future__ import annotations
 import unicodedata
 
 # Fits 1280 px without sideways scrolling: the page is at most 1200 px wide, tables take its
-# width with fixed columns, and long tokens (identifiers, evidence, session ids) wrap.
+# width, and long tokens (identifiers, evidence, session ids) wrap; wide tables fix their columns.
 PAGE_STYLE = """*{box-sizing:border-box}
 body{font:14px/1.45 system-ui,"Noto Sans CJK SC",sans-serif;margin:1.5em auto;max-width:1200px;
 padding:0 16px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0;width:100%;table-layout:fixed}
+table{border-collapse:collapse;margin:.5em 0;width:100%}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;
 overflow-wrap:anywhere}
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 svg{max-width:100%;height:auto}svg text{font:12px system-ui,"Noto Sans CJK SC",sans-serif;fill:#222}
-svg text.t{font-size:13px;font-weight:600}.charts{display:flex;flex-wrap:wrap;gap:1.5em}
+svg text.t{font-size:13px;font-weight:600}
+.charts{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 .warn{color:#b2182b}.ok{color:#1a7f37}"""
 
 

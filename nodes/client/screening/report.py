@@ -437,11 +437,11 @@ _STYLE = (
     PAGE_STYLE
     + """
 .controls{display:flex;flex-wrap:wrap;gap:.8em;align-items:center;margin:.6em 0}
-.controls input{width:22em}table.c th{cursor:pointer;user-select:none}
+.controls input{width:22em}table.c{table-layout:fixed}table.c th{cursor:pointer;user-select:none}
 table.c th[aria-sort=ascending]::after{content:" ▲"}
 table.c th[aria-sort=descending]::after{content:" ▼"}
 table.c td.e{font:11px/1.3 ui-monospace,monospace;color:#555}
-table.c col.id{width:11.5em}table.c col.nm{width:6.5em}table.c col.k{width:9em}
+table.c col.id{width:13em}table.c col.nm{width:6.5em}table.c col.k{width:9em}
 table.c col.s{width:7.5em}table.c col.e{width:19em}"""
 )
 # Sorting and filtering the candidates in the browser; inline, so the page needs no network.
