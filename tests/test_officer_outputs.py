@@ -88,6 +88,8 @@ def test_results_name_each_child_sorted_by_class_then_region(city, english):
     assert first["child_name"] in report
     assert re.search(r"Region \w+: <span class=\"count\">\d+</span>", report)
     assert "rules the packaged rules.toml" in report  # not an installed path
+    document = json.loads((english / "results.json").read_text(encoding="utf-8"))
+    assert all(0 < n["seconds"] <= document["seconds"] for n in document["nodes"])  # wall times
 
 
 def test_the_evidence_value_raises_a_dispute_as_it_stands(federation, english):

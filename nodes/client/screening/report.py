@@ -226,7 +226,7 @@ def document(result: ScreeningResult) -> dict[str, Any]:
         "as_of": result.as_of.isoformat(),
         "run_at": result.run_at.isoformat(timespec="seconds"),
         "seconds": round(result.seconds, 3),
-        "rules": {"file": result.rules.source, "sha256": result.rules.sha256},
+        "rules": {"file": result.rules.shown, "sha256": result.rules.sha256},
         "roster": {
             "file": str(result.roster),
             "children": len(result.children),

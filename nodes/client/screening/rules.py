@@ -41,6 +41,13 @@ class Rules:
     elapsed_months: int
     disability: frozenset[str]
     disability_grades: Mapping[int, frozenset[str] | None]  # grade -> kinds; None: any kind
+    packaged: bool = False  # the rules shipped with kinlink, not a file the user gave
+
+    @property
+    def shown(self) -> str:
+        """The rules file as an officer knows it: the path as given, or the packaged rules
+        (whose installed path means nothing to anyone)."""
+        return f"the packaged {DEFAULT_RULES}" if self.packaged else self.source
 
     @property
     def statuses(self) -> tuple[str, ...]:
@@ -105,9 +112,9 @@ def _grades(reader: TomlReader) -> dict[int, frozenset[str] | None]:
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
     """Read and check a rules file; the packaged ``rules.toml`` (POLICY.md) by default."""
-    if path is None:  # named as such: its installed path means nothing to an officer
+    if path is None:
         with resources.as_file(resources.files(__package__) / DEFAULT_RULES) as packaged:
-            return replace(load_rules(packaged), source=f"the packaged {DEFAULT_RULES}")
+            return replace(load_rules(packaged), packaged=True)
     root = load_toml(path)
     root.only(_TOP_KEYS)
     adult_age = root.get("adult_age", int)
