@@ -133,8 +133,9 @@ def test_out_dash_writes_to_stdout_and_json_is_one_document(prison, tmp_path):
     assert (tmp_path / "ids.rejects.csv").exists()  # stdout has no folder: the current one
     out = tmp_path / "out" / "matches.json"
     out.parent.mkdir()
-    as_json = query(fed, ids, "--json", out=out)
+    as_json = query(fed, ids, "--json", "--lang", "zh", out=out)
     assert as_json.returncode == 0, as_json.stderr
+    assert "4 个身份证号中 4 个匹配" in as_json.stdout
     document = json.loads(out.read_text(encoding="utf-8"))
     assert {m["id_number"] for m in document["matches"]} == set(matched[:4])
     assert document["datasets"][0]["matched"] == 4

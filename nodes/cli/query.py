@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from nodes.cli.inputs import encoding_option, read_id_file
+from nodes.cli.inputs import encoding_option, lang_option, read_id_file
 from nodes.cli.output import STDOUT, status_stream, writing
 from nodes.client import matches
 from nodes.client.client import Client, DatasetNotOffered, NodeError
 from nodes.shared.config import load_federation
+from nodes.shared.i18n import translations
 from nodes.shared.progress import progress
 from psi.errors import InputError, Source
 from psi.ids import Canonical
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rejects", type=Path, help="invalid identifiers, masked (default: beside --out)"
     )
     encoding_option(parser, "--ids")
+    lang_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -69,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_NODE_FAILED
     with writing(args.out) as handle:
         rows = (matches.write_json if args.json else matches.write_csv)(handle, [result])
-    print(
-        f"{len(result.matches)} of {len(ids)} identifiers matched ({rows} records) in "
-        f"{args.node}/{args.dataset}, epoch {result.epoch}, table version "
-        f"{result.table_version}; {result.evaluated} evaluated, "
-        f"{len(ids) - result.evaluated} from cache; written to {args.out}",
-        file=status_stream(args.out),
+    said = translations(args.lang).gettext(
+        "{matched} of {asked} identifiers matched ({rows} records) in {node}/{dataset}, epoch "
+        "{epoch}, table version {version}; {evaluated} evaluated, {cached} from cache; written "
+        "to {out}"
     )
+    print(
+        said.format(
+            matched=len(result.matches), asked=len(ids), rows=rows, node=args.node,
+            dataset=args.dataset, epoch=result.epoch, version=result.table_version,
+            evaluated=result.evaluated, cached=len(ids) - result.evaluated, out=args.out,
+        ),
+        file=status_stream(args.out),
+    )  # fmt: skip
     return 0 if result.matches else EXIT_NO_MATCHES

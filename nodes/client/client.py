@@ -615,8 +615,8 @@ class Client:
             raise DatasetNotOffered(
                 node,
                 grpc.StatusCode.NOT_FOUND,
-                f"no dataset {dataset!r} for this client; its datasets: {offered} "
-                f"(to ask for another: {request_hint(node, dataset, purpose)})",
+                f"no dataset {dataset!r} for this client; its datasets: {offered} (if the name "
+                f"is right, {request_hint(node, dataset, purpose)})",
             )
         cache = self._cache(node, entry)
         found, derived = cache.lookup(keys, by_first)
