@@ -33,9 +33,6 @@ COMMANDS = (
     "disputes",
 )
 
-# gRPC's core logs failed TLS handshakes itself; the command says what failed in one line.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
