@@ -408,15 +408,13 @@ class Client:
         return catalogue
 
     def _pin(self, node: str, key: bytes) -> None:
-        """Under a lock, and written whole (a temporary file renamed): catalogues fetched at once
+        """Under a lock, and written whole (``atomic_write``): catalogues fetched at once
         (``warm`` beside a screening's plan) must not read a half-written pin as another key."""
         path = self.config.cache / "node-keys" / f"{node}.pem"
         with self._pin_lock:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.partial")
-                partial.write_bytes(key)
-                os.replace(partial, path)
+                atomic_write(path, [key])
             pinned = path.read_bytes()
         if pinned != key:
             raise NodeError(
