@@ -13,7 +13,7 @@ from pathlib import Path
 from nodes.cli import EXIT_USER_ERROR
 from nodes.cli.node_admin import add_actions
 from nodes.department.check import check_node
-from nodes.department.node import start_node
+from nodes.department.server import start_node
 from nodes.department.state import NodeState
 from nodes.shared.config import load_node_config
 from nodes.shared.logs import FORMATS, configure, level
@@ -148,6 +148,7 @@ def serve(args: argparse.Namespace) -> int:
     # SIGHUP would end the node by default; it is no reload either, so say so and serve on.
     signal.signal(signal.SIGHUP, lambda *_: log.warning(NO_RELOAD, args.config))
     stopped.wait()
+    print(f"node {config.id} stopping (grace {config.serve.stop_grace_seconds:g} s)", flush=True)
     node.stop()
     print(f"node {config.id} stopped", flush=True)
     return 0

@@ -17,6 +17,7 @@ empty result.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -404,10 +405,18 @@ class Client:
         catalogue = self.call(
             node, lambda: stub.GetCatalogue(psi_pb2.CatalogueRequest(), timeout=REACH_SECONDS)
         )
-        self._pin(node, catalogue.audit_public_key)
+        address = self.config.node(node).address
+        if catalogue.node_id != node:
+            raise NodeError(
+                node,
+                None,
+                f"the node answering at {address} is {catalogue.node_id!r}, not {node!r}: check "
+                f"[nodes.{node}] address in {self.config.path}",
+            )
+        self._pin(node, address, catalogue.audit_public_key)
         return catalogue
 
-    def _pin(self, node: str, key: bytes) -> None:
+    def _pin(self, node: str, address: str, key: bytes) -> None:
         """Under a lock, and written whole (``atomic_write``): catalogues fetched at once
         (``warm`` beside a screening's plan) must not read a half-written pin as another key."""
         path = self.config.cache / "node-keys" / f"{node}.pem"
@@ -420,9 +429,11 @@ class Client:
             raise NodeError(
                 node,
                 None,
-                f"its audit key differs from the one pinned in {path}; "
-                "if the node really changed its key, confirm it with the operator "
-                "out of band and replace that file",
+                f"the node answering at {address} signs with another audit key than the one "
+                f"pinned in {path}. First check that {address} ([nodes.{node}] in "
+                f"{self.config.path}) is really {node!r}'s address: another node or program may "
+                "listen there. Only if the operator confirms, out of band, that the node changed "
+                "its key, replace that file",
             )
         self._node_keys[node] = key
 
@@ -812,8 +823,12 @@ class Client:
 
         answers = Reassembler(len(part), self.oprf.suite.element_size, session.chunks_evaluated)
         finalizing = 0.0
+        messages = chunks()
+        # The stream opens once its first chunk is blinded: a node ends a stream that sends
+        # nothing within its first-message deadline ([serve] in node.toml).
+        first = next(messages, None)  # None: a resumed session with nothing left to send
         try:
-            for reply in stub.Evaluate(chunks()) if len(part) else ():
+            for reply in stub.Evaluate(itertools.chain([first], messages)) if first else ():
                 lo = answers.filled
                 answers.add(reply.elements, reply.count, reply.sequence)
                 t = time.perf_counter()

@@ -85,12 +85,12 @@ def _addresses(config: NodeConfig) -> Iterator[str]:
             yield f"node.{key}: {address} is also node.{bound[host, port]}"
             continue
         bound[host, port] = key
-        problem = _bindable(host, port)
+        problem = bindable(host, port)
         if problem:
             yield f"node.{key} {address}: {problem}"
 
 
-def _bindable(host: str, port: int) -> str | None:
+def bindable(host: str, port: int) -> str | None:
     """Why a server could not listen on ``host:port`` now, or None."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -6,16 +6,17 @@ the last build of each dataset. No identifier, blinded element or label ever rea
 endpoint is plain HTTP without authentication (as Prometheus scrapes by default): bind it to
 loopback or the monitoring network only (docs/operator-guide.md).
 
-It is hooked in at three points: a server interceptor (``interceptor``) sees every call and its
-status; the services' audit events (``observe``) carry the evaluated counts; budgets and builds
-are read from the state folder when scraped, so figures written by other processes
-(``psi node build``, ``psi node catalog approve``) are never stale.
+It is hooked in at three points: the server's admission layer (``nodes.department.admission``)
+reports every call and the status it ended with (``count``); the services' audit events
+(``observe``) carry the evaluated counts; budgets and builds are read from the state folder when
+scraped, so figures written by other processes (``psi node build``, ``psi node catalog approve``)
+are never stale.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import astuple
 from typing import Any
 
@@ -57,8 +58,9 @@ class NodeMetrics:
             client = event.get("peer", {}).get("cn", UNAUTHENTICATED)
             self.evaluated.labels(client, event.get("dataset", "")).inc(event.get("evaluated", 0))
 
-    def interceptor(self) -> grpc.ServerInterceptor:
-        return _Requests(self.requests)
+    def count(self, method: str, code: grpc.StatusCode, client: str) -> None:
+        """Count a call that ended with ``code`` (``nodes.department.admission`` reports each)."""
+        self.requests.labels(method, code.name, client or UNAUTHENTICATED).inc()
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` on ``host:port`` (port 0 picks one); returns the port bound."""
@@ -73,62 +75,6 @@ class NodeMetrics:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-
-
-class _Requests(grpc.ServerInterceptor):
-    """Counts every call once it has ended, with the status it ended with."""
-
-    def __init__(self, requests: Counter):
-        self.requests = requests
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        kind = (
-            ("stream" if handler.request_streaming else "unary")
-            + "_"
-            + ("stream" if handler.response_streaming else "unary")
-        )
-        behaviour = getattr(handler, kind)
-        wrap = self._stream if handler.response_streaming else self._unary
-        return handler._replace(**{kind: wrap(behaviour, method)})
-
-    def _count(
-        self, method: str, context: grpc.ServicerContext, error: BaseException | None
-    ) -> None:
-        code = context.code()
-        if code is None:
-            ended = grpc.StatusCode.CANCELLED if isinstance(error, GeneratorExit) else None
-            code = grpc.StatusCode.OK if error is None else ended or grpc.StatusCode.UNKNOWN
-        # The verified certificate's name, as the services read it (nodes.shared.tls).
-        names = context.auth_context().get("x509_common_name")
-        client = names[0].decode() if names else UNAUTHENTICATED
-        self.requests.labels(method, code.name, client).inc()
-
-    def _unary(self, behaviour: Callable, method: str) -> Callable:
-        def call(request, context):
-            try:
-                response = behaviour(request, context)
-            except BaseException as exc:
-                self._count(method, context, exc)
-                raise
-            self._count(method, context, None)
-            return response
-
-        return call
-
-    def _stream(self, behaviour: Callable, method: str) -> Callable:
-        def call(request, context):
-            try:
-                yield from behaviour(request, context)
-            except BaseException as exc:
-                self._count(method, context, exc)
-                raise
-            self._count(method, context, None)
-
-        return call
 
 
 class _StateCollector(Collector):

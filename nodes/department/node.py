@@ -8,29 +8,26 @@ it evaluates only what it declared and has not had answered, so a rerun after a 
 budget nothing more. A chunk counts as evaluated once its answer is handed to gRPC; one whose
 client went away before that is not counted. The node logs events with counts only: it never
 writes a query element, blinded or not, anywhere. The checks are shared with the statistics
-service (``nodes.department.service``), which ``start_node`` serves on the same server.
+service (``nodes.department.service``); ``nodes.department.server`` serves both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from nodes.department.accountability import AccountabilityServicer
-from nodes.department.budgets import Budgets, unlimited
-from nodes.department.metrics import NodeMetrics
+from nodes.department.admission import Aborted
 from nodes.department.service import (
     SESSION_SECONDS,
     NodeService,
@@ -40,18 +37,14 @@ from nodes.department.service import (
     peer_field,
     timestamp,
 )
-from nodes.department.state import NodeState, Served
-from nodes.department.statistics import STATISTICS_SERVICE, StatisticsServicer, statistics_offer
-from nodes.shared.atrest import DamagedFile, private_folder
-from nodes.shared.audit.log import AuditLog
+from nodes.department.state import Served
+from nodes.department.statistics import statistics_offer
+from nodes.shared.atrest import DamagedFile
 from nodes.shared.audit.receipts import receipt_fields, sign_receipt, tree_head_message
-from nodes.shared.audit.signing import PassphraseSeal, open_party_log
-from nodes.shared.config import NodeConfig
-from nodes.shared.tls import Peer, server_credentials
-from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc, stats_pb2_grpc
+from nodes.shared.tls import Peer
+from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 from protocols.limits import (
     ELEMENTS_PER_CHUNK,
-    GRPC_OPTIONS,
     MAX_MESSAGE_BYTES,
     SUPPORTED_PROTOCOL_VERSIONS,
     TABLE_CHUNK_BYTES,
@@ -61,6 +54,7 @@ from psi.oprf import KeyPair
 from psi.table import FORMAT as TABLE_FORMAT
 from psi.table import Delta
 
+EVALUATE_STEP = 8192  # rows per task: what a stopping node may still finish per core
 SERVICE = psi_pb2.DESCRIPTOR.services_by_name["DepartmentNode"].full_name
 # How long a resume waits for the broken stream it takes over to end (the node notices a client
 # gone at its next read or answer: well under a second, a chunk's evaluation at most).
@@ -170,6 +164,7 @@ class DepartmentNode(
         event["declared"] = request.element_count
         grant = self._grant(context, peer, request.dataset_id, request.purpose_code, event)
         self._profile(context, grant, request.label_fields, event)
+        self._admit_session(context, peer, event)
         self._version(context, request.protocol_version, event)
         if request.resume_session_id:
             return self._resume(context, peer, request, event)
@@ -292,13 +287,16 @@ class DepartmentNode(
         )
         return answer
 
-    def Evaluate(self, request_iterator, context) -> Iterator[psi_pb2.EvaluatedChunk]:
+    async def Evaluate(
+        self, requests: AsyncIterator[psi_pb2.EvaluateChunk], context
+    ) -> AsyncIterator[psi_pb2.EvaluatedChunk]:
         peer = self._peer(context)
+        self._may_stream(context, peer)
         session: _Session | None = None
         held = False  # whether this stream holds the session
         problem: tuple[grpc.StatusCode, str] | None = None
         try:
-            for chunk in request_iterator:
+            async for chunk in requests:
                 if session is None:
                     session = self._session(context, chunk.session_id, peer)
                 with session.lock:  # check, hold and count under one lock: streams may race
@@ -318,7 +316,7 @@ class DepartmentNode(
                     -1, self.state.oprf.suite.element_size
                 )
                 try:
-                    evaluated = self.state.oprf.blind_evaluate_batch(session.key.sk, blinded)
+                    evaluated = await self._evaluate(session.key, blinded)
                 except CryptoError as exc:
                     problem = (
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -339,7 +337,10 @@ class DepartmentNode(
                 yield psi_pb2.EvaluatedChunk(
                     sequence=chunk.sequence, count=chunk.count, elements=answer
                 )
-        except (grpc.RpcError, GeneratorExit):  # the client went away mid-stream
+        except Aborted as exc:  # a deadline passed (nodes.department.admission)
+            problem = exc.problem
+            raise
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away mid-stream
             problem = (grpc.StatusCode.CANCELLED, _GONE)
             raise
         finally:
@@ -361,6 +362,20 @@ class DepartmentNode(
                 )
         if problem:
             context.abort(*problem)
+
+    async def _evaluate(self, key: KeyPair, blinded: np.ndarray) -> np.ndarray:
+        """k·B for each blinded element, ``EVALUATE_STEP`` rows per task in the thread pool: a
+        node that stops cancels a large chunk between steps instead of finishing it."""
+        parts = []
+        for lo in range(0, len(blinded), EVALUATE_STEP):
+            step = blinded[lo : lo + EVALUATE_STEP]
+            try:
+                parts.append(
+                    await self._compute(self.state.oprf.blind_evaluate_batch, key.sk, step)
+                )
+            except CryptoError as exc:
+                raise CryptoError(f"{exc} (counting from row {lo})" if lo else str(exc)) from None
+        return np.concatenate(parts)
 
     def _chunk_problem(self, session: _Session, chunk) -> Problem | None:
         """Why a chunk breaks the session's contract, or None; chunks are numbered across the
@@ -518,109 +533,3 @@ class DepartmentNode(
                 for n, p in zip(sizes, proofs, strict=True)
             ],
         )
-
-
-@dataclass
-class RunningNode:
-    server: grpc.Server
-    port: int
-    health: health.HealthServicer
-    state: NodeState
-    budgets: Budgets
-    audit: AuditLog
-    metrics: NodeMetrics | None = None
-    metrics_port: int | None = None
-    warnings: tuple[str, ...] = ()  # for the operator, at start: grants without a limit
-    stop_event: threading.Event = field(default_factory=threading.Event)
-
-    def refresh_health(self) -> None:
-        """SERVING for the node; per dataset, SERVING once its tables are built."""
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for dataset in self.state.config.datasets:
-            built = self.state.is_built(dataset)
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if built
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            self.health.set(dataset, status)
-
-    def stop(self, grace: float = 2.0) -> None:
-        self.stop_event.set()
-        self.server.stop(grace).wait()
-        if self.metrics is not None:
-            self.metrics.stop()
-        self.budgets.close()
-        self.audit.close()
-
-
-def _announce_unlimited(config: NodeConfig, audit: AuditLog) -> tuple[str, ...]:
-    """Warn of every grant with a budget window written "unlimited", in the node log and the
-    audit log (``budget_unlimited``, which ``psi audit report`` flags); the warnings, for the
-    operator's terminal."""
-    warnings = []
-    for client, dataset, windows, warning in unlimited(config):
-        log.warning(warning)
-        audit.append(
-            {
-                "event": "budget_unlimited",
-                "peer": {"cn": client},
-                "dataset": dataset,
-                "detail": windows,
-            }
-        )
-        warnings.append(warning)
-    return tuple(warnings)
-
-
-def start_node(config: NodeConfig, passphrase: bytes, *, workers: int = 16) -> RunningNode:
-    """Start serving on ``config.listen`` (port 0 picks a free port; see ``RunningNode.port``),
-    and the Prometheus metrics on ``config.metrics`` where it is set."""
-    state = NodeState(config, passphrase)
-    state.keyring()  # fail now, clearly, if the node was never built or the passphrase is wrong
-    private_folder(config.state)
-    budgets = Budgets(config.state / "budgets.sqlite")
-    audit = open_party_log(config.state, config.id, PassphraseSeal(passphrase))
-    warnings = _announce_unlimited(config, audit)
-    metrics = NodeMetrics(state, budgets) if config.metrics else None
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=[metrics.interceptor()] if metrics else [],
-        options=GRPC_OPTIONS,
-    )
-    services = (
-        DepartmentNode(config, state, budgets, audit),
-        StatisticsServicer(config, state, budgets, audit),
-    )
-    for service in services:
-        service.metrics = metrics
-    psi_pb2_grpc.add_DepartmentNodeServicer_to_server(services[0], server)
-    stats_pb2_grpc.add_StatisticsServicer_to_server(services[1], server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE,
-            STATISTICS_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_secure_port(config.listen, server_credentials(config.tls))
-    if port == 0:
-        raise InputError(f"cannot listen on {config.listen}")
-    metrics_port = metrics.serve(config.metrics) if metrics and config.metrics else None
-    server.start()
-    node = RunningNode(
-        server, port, health_servicer, state, budgets, audit, metrics, metrics_port, warnings
-    )
-    node.refresh_health()
-
-    def watch() -> None:  # pick up builds and rotations made by other processes
-        while not node.stop_event.wait(2.0):
-            node.refresh_health()
-
-    threading.Thread(target=watch, name="kinlink-health", daemon=True).start()
-    log.info("node %s serving on port %d", config.id, port)
-    return node

@@ -11,10 +11,11 @@ same budgets and write the same log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import grpc
@@ -32,7 +33,7 @@ from protocols.limits import SUPPORTED_PROTOCOL_VERSIONS
 from psi.errors import InputError, KinlinkError
 from psi.keys import KeyRingError
 from psi.labels import profile_name
-from psi.oprf import KeyPair
+from psi.oprf import KeyPair, cpu_count
 
 if TYPE_CHECKING:
     from nodes.department.metrics import NodeMetrics
@@ -47,6 +48,7 @@ class _Owned(Protocol):
 
 
 S = TypeVar("S", bound=_Owned)
+T = TypeVar("T")
 
 
 Problem = tuple[grpc.StatusCode, str]
@@ -126,6 +128,13 @@ class NodeService(Generic[S]):
         self.registry = state.registry
         self._sessions: dict[str, S] = {}
         self._lock = threading.Lock()
+        self._cores = asyncio.Semaphore(cpu_count())
+
+    async def _compute(self, work: Callable[..., T], *args) -> T:
+        """``work(*args)`` in the server's thread pool, as many at once as there are cores: a
+        stream's computation never holds the event loop, and a stopping node waits for little."""
+        async with self._cores:
+            return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         peer = peer_identity(context)
@@ -309,6 +318,50 @@ class NodeService(Generic[S]):
             self.budgets.charge(peer.common_name, dataset, epoch, count, grant.limits)
         except BudgetExceeded as exc:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), event)
+
+    def _may_stream(self, context, peer: Peer) -> None:
+        """Before a stream waits for its first message: its caller must hold a grant on this
+        node and a session of this service, or it is refused at once (and logged)."""
+        event = {"peer": peer_field(peer)}
+        if not any(self._grant_for(peer.common_name, d) for d in self.config.datasets):
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client {peer.common_name!r} holds no grant on node {self.config.id!r}; "
+                "see GetCatalogue, and psi catalog request to ask for one",
+                event,
+            )
+        now = time.time()
+        with self._lock:
+            held = any(
+                s.client.common_name == peer.common_name and s.expires > now
+                for s in self._sessions.values()
+            )
+        if not held:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no open session for this client: open one before streaming",
+                event,
+            )
+
+    def _admit_session(self, context, peer: Peer, event: dict) -> None:
+        """Refuse a session beyond the client's bound (``[serve] sessions_per_client``);
+        expired sessions are dropped first."""
+        limit, now = self.config.serve.sessions_per_client, time.time()
+        with self._lock:
+            for stale in [k for k, s in self._sessions.items() if s.expires <= now]:
+                del self._sessions[stale]
+            held = sum(s.client.common_name == peer.common_name for s in self._sessions.values())
+        if held >= limit:
+            self._refuse(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"client {peer.common_name!r} has {limit} sessions open on node "
+                f"{self.config.id!r}, the most it may ([serve] sessions_per_client); close one "
+                f"or let one expire (after {SESSION_SECONDS // 60} minutes)",
+                event,
+            )
 
     def _session(self, context, session_id: str, peer: Peer) -> S:
         with self._lock:

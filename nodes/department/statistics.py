@@ -16,12 +16,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
+from nodes.department.admission import Aborted
 from nodes.department.service import (
     SESSION_SECONDS,
     NodeService,
@@ -142,6 +143,7 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
             self._refuse(
                 context, grpc.StatusCode.UNAVAILABLE, f"cannot read {dataset!r}: {exc}", event
             )
+        self._admit_session(context, peer, event)
         self._charge(context, peer, dataset, epoch, request.element_count, grant, event)
         now = time.time()
         session = _Session(
@@ -159,8 +161,6 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
             request.groups,
         )
         with self._lock:
-            for stale in [s for s in self._sessions.values() if s.expires < now]:
-                del self._sessions[stale.id]
             self._sessions[session.id] = session
         limit = {"limit": grant.limits.per_session} if grant.limits.per_session else {}
         groups = {"groups": request.groups} if request.groups else {}
@@ -280,20 +280,23 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
                 sequence=sequence, count=len(block), elements=block.tobytes()
             )
 
-    def Cardinality(self, request_iterator, context) -> Iterator[stats_pb2.ElementChunk]:
+    async def Cardinality(
+        self, requests: AsyncIterator[stats_pb2.ElementChunk], context
+    ) -> AsyncIterator[stats_pb2.ElementChunk]:
         peer = self._peer(context)
+        self._may_stream(context, peer)
         session: _Session | None = None
         problem: Problem | None = None
         parts: list[np.ndarray] = []
         received = 0
         try:
-            for expected, chunk in enumerate(request_iterator):
+            async for chunk in requests:
                 if session is None:
                     session = self._start(context, chunk.session_id, peer, sums=False)
                 problem = chunk_problem(
                     session.id,
                     chunk,
-                    expected,
+                    len(parts),
                     width=session.width,
                     per_chunk=ELEMENTS_PER_CHUNK,
                     done=received,
@@ -301,10 +304,9 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
                 )
                 if problem:
                     break
+                elements = unpack(chunk.elements, chunk.count, session.width)
                 try:
-                    parts.append(
-                        session.blinder.blind(unpack(chunk.elements, chunk.count, session.width))
-                    )
+                    parts.append(await self._compute(session.blinder.blind, elements))
                 except CryptoError as exc:
                     problem = _invalid(f"chunk {chunk.sequence}: {exc}; nothing was answered")
                     break
@@ -312,33 +314,45 @@ class StatisticsServicer(NodeService[_Session], stats_pb2_grpc.StatisticsService
             if session is None:
                 problem = _invalid("the stream carried no elements")
             elif problem is None:
-                problem = _short(session, received) or _distinct(parts)
+                problem = _short(session, received) or await self._compute(_distinct, parts)
+        except Aborted as exc:  # a deadline passed (nodes.department.admission)
+            problem = exc.problem
+            raise
         finally:
             if session is not None:
                 self._finish(peer, session, problem, {"evaluated": received})
         if problem:
             context.abort(*problem)
-        for sequence, block in enumerate(chunk_elements(shuffled(np.concatenate(parts)))):
+        answer = await self._compute(lambda: shuffled(np.concatenate(parts)))
+        for sequence, block in enumerate(chunk_elements(answer)):
             yield stats_pb2.ElementChunk(
                 sequence=sequence, count=len(block), elements=block.tobytes()
             )
 
-    def IntersectionSum(self, request_iterator, context) -> stats_pb2.SumResult:
+    async def IntersectionSum(
+        self, requests: AsyncIterator[stats_pb2.SumChunk], context
+    ) -> stats_pb2.SumResult:
         peer = self._peer(context)
+        self._may_stream(context, peer)
         run: _SumRun | None = None
         problem: Problem | None = None
         result: tuple[int, bytes] | None = None
+        expected = 0
         try:
-            for expected, chunk in enumerate(request_iterator):
+            async for chunk in requests:
                 if run is None:
                     run = _SumRun(self._start(context, chunk.session_id, peer, sums=True))
-                problem = run.add(chunk, expected)
+                problem = await self._compute(run.add, chunk, expected)
                 if problem:
                     break
+                expected += 1
             if run is None:
                 problem = _invalid("the stream carried nothing")
             elif problem is None:
-                problem, result = run.result()
+                problem, result = await self._compute(run.result)
+        except Aborted as exc:  # a deadline passed (nodes.department.admission)
+            problem = exc.problem
+            raise
         finally:
             if run is not None:
                 self._finish(peer, run.session, problem, run.counts())

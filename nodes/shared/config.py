@@ -61,6 +61,18 @@ class StatisticsPolicy:
 
 
 @dataclass(frozen=True)
+class ServeLimits:
+    """What one client may hold of a running node, and for how long (docs/operator-guide.md):
+    every bound has a default, so none is unlimited by omission."""
+
+    calls_per_client: int = 16
+    sessions_per_client: int = 64
+    first_message_seconds: float = 10.0
+    idle_seconds: float = 120.0
+    stop_grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     id: str
     title: str
@@ -107,6 +119,7 @@ class NodeConfig:
     datasets: dict[str, DatasetConfig]
     grants: tuple[Grant, ...]
     metrics: str | None = None  # host:port of the Prometheus endpoint; None: not served
+    serve: ServeLimits = field(default_factory=ServeLimits)
 
     def grant(self, client: str, dataset: str) -> Grant | None:
         return next((g for g in self.grants if g.client == client and dataset in g.datasets), None)
@@ -213,7 +226,7 @@ def _tls(section: TomlReader) -> TlsFiles:
 
 # Every key each table may hold (docs/configuration.md documents each; a test holds them equal).
 KEYS: dict[str, tuple[str, ...]] = {
-    "node.toml": ("node", "datasets", "grants"),
+    "node.toml": ("node", "datasets", "serve", "grants"),
     "[node]": ("id", "listen", "state", "metrics", "tls"),
     "tls": ("ca", "cert", "key"),
     "[datasets.ID]": (
@@ -237,6 +250,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "max_groups",
         "min_key_bits",
     ),
+    "[serve]": tuple(vars(ServeLimits())),
     "[[grants]]": (
         "client",
         "datasets",
@@ -317,6 +331,17 @@ def _statistics(reader: TomlReader) -> StatisticsPolicy:
     return StatisticsPolicy(protocols, purposes, **bounds)
 
 
+def _serve(reader: TomlReader) -> ServeLimits:
+    reader.only(KEYS["[serve]"])
+    values = {}
+    for name, default in vars(ServeLimits()).items():
+        kind = int if isinstance(default, int) else (int, float)
+        values[name] = reader.get(name, kind, default)
+        if values[name] <= 0:
+            raise reader.fail(name, "must be positive")
+    return ServeLimits(**values)
+
+
 def _grant(reader: TomlReader, datasets: dict[str, DatasetConfig]) -> Grant:
     reader.only(KEYS["[[grants]]"])
     named = reader.strings("datasets")
@@ -381,6 +406,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         datasets=datasets,
         grants=grants,
         metrics=node.get("metrics", str, None),
+        serve=_serve(root.table("serve", {})),
     )
 
 
