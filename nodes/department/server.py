@@ -56,7 +56,8 @@ class RunningNode:
     state: NodeState
     budgets: Budgets
     audit: AuditLog
-    admission: Admission
+    metrics: NodeMetrics | None
+    metrics_port: int | None
     _server: grpc.aio.Server
     _loop: asyncio.AbstractEventLoop
     _thread: threading.Thread
