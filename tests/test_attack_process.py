@@ -15,7 +15,7 @@ from test_federation import channel, open_session
 from nodes.client.client import Client, NodeError
 from nodes.demo.federation import LocalFederation
 from nodes.demo.synth import generate_city, write_city
-from nodes.shared.config import load_federation
+from nodes.shared.config import Limits, load_federation
 from protocols.kinlink.v1 import psi_pb2, psi_pb2_grpc
 
 VALID_ELEMENT = bytes.fromhex("609a0ae68c15a3cf6903766461307e5c8bb2f95e7e6550e1ffa2dc99e412803c")
@@ -78,7 +78,8 @@ def test_sigterm_after_load_stops_within_the_grace_period(registers, tmp_path):
     """Six streams keep the node evaluating (twenty 65,536-element chunks each, answers never
     read); SIGTERM must stop it after its grace period (1 s here), not once all that work is
     done."""
-    with LocalFederation(tmp_path, {"prison": registers["prison"]}) as fed:
+    limits = Limits(20 * PER_CHUNK, 200 * PER_CHUNK, 400 * PER_CHUNK)
+    with LocalFederation(tmp_path, {"prison": registers["prison"]}, limits=limits) as fed:
         fed.setup()
         config = fed.config_file("prison")
         config.write_text(config.read_text() + "\n[serve]\nstop_grace_seconds = 1\n")

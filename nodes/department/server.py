@@ -58,6 +58,7 @@ class RunningNode:
     audit: AuditLog
     metrics: NodeMetrics | None
     metrics_port: int | None
+    warnings: tuple[str, ...]  # for the operator, at start: grants without a limit
     _server: grpc.aio.Server
     _loop: asyncio.AbstractEventLoop
     _thread: threading.Thread

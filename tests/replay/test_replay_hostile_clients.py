@@ -47,7 +47,8 @@ def psi(*args, timeout: float = 120) -> subprocess.CompletedProcess:
 def node_toml(name: str, register: Path, statuses: str, listen: str, serve: dict) -> str:
     grants = "".join(
         f'[[grants]]\nclient = "{c}"\ndatasets = ["{name}"]\npurposes = ["screening"]\n'
-        'fields = ["status", "start", "end", "handle"]\nper_day = 100000000\n\n'
+        'fields = ["status", "start", "end", "handle"]\n'
+        "per_session = 2000000\nper_day = 100000000\nper_epoch = 200000000\n\n"
         for c in GRANTED
     )
     table = "".join(f"{k} = {v}\n" for k, v in serve.items())
